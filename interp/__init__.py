@@ -1,0 +1,22 @@
+"""interp: mechanistic interpretability of transformer models.
+
+Capture activations at named sites, find directions and subspaces, then
+ablate, steer or patch the model to test what they cause.
+
+Example:
+    >>> import interp
+    >>> model = interp.load_model("smollm2-135m-instruct")   # doctest: +SKIP
+    >>> acts = model.capture(["Hello!"], sites="resid_post")  # doctest: +SKIP
+"""
+__version__ = "0.1.0"
+
+from .activations import Activations  # noqa: E402
+from .errors import InterpError  # noqa: E402
+from .loading import load_model  # noqa: E402
+from .model import Model  # noqa: E402
+from .packaged import DEFAULT_MODEL, PACKAGED  # noqa: E402
+from .sites import SITE_NAMES, Site, parse_site  # noqa: E402
+from .store import ActivationStore  # noqa: E402
+
+__all__ = ["Activations", "ActivationStore", "InterpError", "Model", "Site", "SITE_NAMES", "DEFAULT_MODEL",
+           "PACKAGED", "load_model", "parse_site", "__version__"]

@@ -1,0 +1,148 @@
+"""Where each site lives inside a Hugging Face model, per architecture.
+
+Supported: llama-family (llama, qwen2, qwen3, mistral), gemma2/gemma3 (norms
+after attention and MLP), and gpt2. Adding an architecture means adding one
+``BlockLayout``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .errors import InterpError
+from .sites import Site
+
+HookFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Attribute paths inside one decoder block."""
+
+    attn_in_norm: str  # its input is resid_pre (after any edit of the block input)
+    attn_out: str  # its output is what attention adds to the residual stream
+    attn_o_proj: str  # its input is attn_z (heads concatenated)
+    mlp_out: str  # its output is what the MLP adds to the residual stream
+    mlp_down: str  # its input is mlp_act
+
+
+LLAMA = BlockLayout("input_layernorm", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj")
+GEMMA = BlockLayout("input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
+                    "post_feedforward_layernorm", "mlp.down_proj")
+GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj")
+
+LAYOUTS = {
+    "llama": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "mistral": LLAMA, "olmo2": LLAMA,
+    "gemma2": GEMMA, "gemma3": GEMMA, "gemma3_text": GEMMA,
+    "gpt2": GPT2,
+}
+_LAYER_PATHS = ("model.layers", "transformer.h", "model.language_model.layers", "language_model.model.layers")
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    for path in _LAYER_PATHS:
+        try:
+            layers = _get(model, path)
+        except AttributeError:
+            continue
+        if isinstance(layers, nn.ModuleList):
+            return layers
+    raise InterpError(f"cannot find the decoder blocks of {type(model).__name__}; looked in {', '.join(_LAYER_PATHS)}")
+
+
+def layout_for(config) -> BlockLayout:
+    model_type = getattr(config, "model_type", "")
+    if model_type in LAYOUTS:
+        return LAYOUTS[model_type]
+    raise InterpError(f"architecture {model_type!r} is not supported yet; supported: {', '.join(sorted(LAYOUTS))}")
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(out, y):
+    return (y,) + tuple(out[1:]) if isinstance(out, tuple) else y
+
+
+def _output_hook(fn: HookFn):
+    def hook(module, args, out):
+        y = fn(_first(out))
+        return None if y is None else _replace_first(out, y)
+    return hook
+
+
+def _input_hook(fn: HookFn, heads: int | None = None):
+    """A forward pre-hook that hands ``fn`` the module's first input."""
+
+    def hook(module, args, kwargs):
+        from_kwargs = not args
+        x = kwargs["hidden_states"] if from_kwargs else args[0]
+        view = x.unflatten(-1, (heads, -1)) if heads else x
+        y = fn(view)
+        if y is None:
+            return None
+        y = y.flatten(-2) if heads else y
+        if from_kwargs:
+            return args, {**kwargs, "hidden_states": y}
+        return (y,) + tuple(args[1:]), kwargs
+    return hook
+
+
+def register_hf_hook(block: nn.Module, layout: BlockLayout, site: Site, fn: HookFn, n_heads: int) -> list:
+    """Register ``fn`` at ``site`` inside ``block``; return the torch hook handles.
+
+    ``fn`` gets the site's tensor ([batch, seq, d], or [batch, seq, heads,
+    d_head] for attn_z) and returns a replacement or None to leave it alone.
+    """
+    name = site.name
+    if name == "resid_pre":
+        return [block.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)]
+    if name == "resid_post":
+        return [block.register_forward_hook(_output_hook(fn))]
+    if name == "attn_out":
+        return [_get(block, layout.attn_out).register_forward_hook(_output_hook(fn))]
+    if name == "mlp_out":
+        return [_get(block, layout.mlp_out).register_forward_hook(_output_hook(fn))]
+    if name == "mlp_act":
+        return [_get(block, layout.mlp_down).register_forward_pre_hook(_input_hook(fn), with_kwargs=True)]
+    if name == "attn_z":
+        return [_get(block, layout.attn_o_proj).register_forward_pre_hook(_input_hook(fn, n_heads), with_kwargs=True)]
+    if name == "resid_mid":
+        return _resid_mid_hooks(block, layout, fn)
+    raise InterpError(f"no hook for site {site}")
+
+
+def _resid_mid_hooks(block: nn.Module, layout: BlockLayout, fn: HookFn) -> list:
+    """resid_mid = resid_pre + attn_out. No module sees it as one tensor that
+    also flows on, so we rebuild it: remember the block input (as the
+    attention norm sees it), add the attention output, and turn an edit of
+    resid_mid into the same edit of what attention adds (exact)."""
+    stash: dict[str, torch.Tensor] = {}
+
+    def remember(module, args, kwargs):
+        stash["pre"] = kwargs["hidden_states"] if not args else args[0]
+
+    def edit(attn_out: torch.Tensor):
+        mid = stash.pop("pre") + attn_out
+        y = fn(mid)
+        return None if y is None else attn_out + (y - mid)
+
+    return [
+        _get(block, layout.attn_in_norm).register_forward_pre_hook(remember, with_kwargs=True),
+        _get(block, layout.attn_out).register_forward_hook(_output_hook(edit)),
+    ]
+
+
+def count_hooks(model: nn.Module) -> int:
+    """Total forward (pre-)hooks on every submodule: a leak check."""
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())

@@ -1,0 +1,249 @@
+"""``Model``: a causal LM plus its tokenizer, chat template and named sites.
+
+One interface over two backends: plain Hugging Face transformers (default)
+and a TransformerLens ``TransformerBridge`` (``tl_backend.py``). Both expose
+the same sites and the same ``capture``; only hook registration and the
+forward call differ.
+
+Example:
+    >>> model = load_model("smollm2-135m-instruct")            # doctest: +SKIP
+    >>> acts = model.capture(["Hi!"], sites="resid_post", positions="last")  # doctest: +SKIP
+    >>> acts["resid_post.3"].shape                               # doctest: +SKIP
+    torch.Size([1, 1, 576])
+"""
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .arch import HookFn, count_hooks, find_layers, layout_for, register_hf_hook
+from .errors import InterpError
+from .sites import Site, SiteLike, parse_site
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last needed layer has run (capture only)."""
+
+
+@dataclass
+class Encoded:
+    """Tokenized prompts before padding."""
+
+    texts: list[str]
+    ids: list[list[int]]
+    spans: list[tuple[int, int] | None]  # token range of the user text, when chat-formatted
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(x) for x in self.ids]
+
+
+def prompt_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Model:
+    """A causal language model with named sites (see ``interp.sites``).
+
+    Build one with ``interp.load_model``. ``hf`` is the underlying
+    transformers model, ``tokenizer`` its tokenizer (left padding).
+    """
+
+    backend = "hf"
+
+    def __init__(self, hf: nn.Module, tokenizer, name: str, source: str | None = None):
+        self.hf = hf.eval()
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source or name
+        cfg = hf.config
+        self.config = cfg
+        self._layers = find_layers(hf)
+        self.n_layers = len(self._layers)
+        self.d_model = cfg.hidden_size if hasattr(cfg, "hidden_size") else cfg.n_embd
+        self.n_heads = getattr(cfg, "num_attention_heads", None) or cfg.n_head
+        self.d_head = getattr(cfg, "head_dim", None) or self.d_model // self.n_heads
+        self.d_mlp = getattr(cfg, "intermediate_size", None) or getattr(cfg, "n_inner", None) or 4 * self.d_model
+        self.max_context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+        self.architecture = cfg.model_type
+        self._layout = layout_for(cfg) if self.backend == "hf" else None
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self._fingerprint: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"Model({self.name!r}, backend={self.backend}, arch={self.architecture}, layers={self.n_layers}, "
+                f"d_model={self.d_model})")
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of config and weights: tells apart models and edited copies."""
+        if self._fingerprint is None:
+            h = hashlib.sha256(self.hf.config.to_json_string(use_diff=False).encode())
+            with torch.no_grad():
+                for name, p in self.hf.state_dict().items():
+                    flat = p.detach().flatten()
+                    h.update(f"{name}{tuple(p.shape)}{flat.double().sum().item():.6e}"
+                             f"{flat[:64].double().abs().sum().item():.6e}".encode())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def site_shape(self, site: SiteLike) -> tuple[int, ...]:
+        """Trailing shape of a site's tensor: (d,) or (heads, d_head) for attn_z."""
+        s = parse_site(site, self.n_layers)
+        if s.name == "attn_z":
+            return (self.n_heads, self.d_head)
+        if s.name == "mlp_act":
+            return (self.d_mlp,)
+        return (self.d_model,)
+
+    def sites(self, names: Sequence[str] | None = None) -> list[Site]:
+        """Every site of this model (optionally only some names)."""
+        from .sites import SITE_NAMES, all_sites
+
+        return all_sites(self.n_layers, names or SITE_NAMES)
+
+    # -------------------------------------------------------------- tokenizing
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def format_chat(self, instruction: str, system: str | None = None) -> tuple[str, tuple[int, int]]:
+        """The chat-formatted prompt and the character span of the instruction."""
+        if not self.has_chat_template:
+            raise InterpError(f"model {self.name} has no chat template; pass chat=False or set "
+                              f"model.tokenizer.chat_template")
+        messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+            [{"role": "user", "content": instruction}]
+        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        start = text.rfind(instruction)
+        if start < 0:
+            raise InterpError("the chat template changed the instruction text; cannot locate it")
+        return text, (start, start + len(instruction))
+
+    def encode(self, prompts: Sequence[str], chat: bool = True, system: str | None = None) -> Encoded:
+        """Tokenize prompts (chat-formatted when ``chat``), checking length and content."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if len(prompts) == 0:
+            raise InterpError("the prompt list is empty")
+        texts, ids, spans = [], [], []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) or not p.strip():
+                raise InterpError(f"prompt {i} is empty or not a string: {p!r}")
+            if chat:
+                text, (cs, ce) = self.format_chat(p, system)
+                enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+                inside = [t for t, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < ce and b > cs]
+                if not inside:
+                    raise InterpError(f"prompt {i} tokenized to no instruction tokens: {p!r}")
+                spans.append((inside[0], inside[-1] + 1))
+                tok_ids = enc["input_ids"]
+            else:
+                text = p
+                tok_ids = self.tokenizer(p, add_special_tokens=True)["input_ids"]
+                spans.append(None)
+            if self.max_context and len(tok_ids) > self.max_context:
+                raise InterpError(f"prompt {i} has {len(tok_ids)} tokens, more than the model's context of "
+                                  f"{self.max_context}; shorten it")
+            texts.append(text)
+            ids.append(list(tok_ids))
+        return Encoded(texts, ids, spans)
+
+    def pad(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Left-pad token lists into input_ids, attention_mask and position_ids."""
+        width = max(len(x) for x in ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for i, x in enumerate(ids):
+            if len(x):
+                input_ids[i, width - len(x):] = torch.tensor(x, dtype=torch.long)
+                mask[i, width - len(x):] = 1
+        # positions count real tokens only, so a prompt reads the same alone or padded
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        dev = self.device
+        return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), "position_ids": position_ids.to(dev)}
+
+    # ------------------------------------------------------------------ hooks
+    def _register(self, site: Site, fn: HookFn) -> list:
+        return register_hf_hook(self._layers[site.layer], self._layout, site, fn, self.n_heads)
+
+    def _block(self, layer: int) -> nn.Module:
+        return self._layers[layer]
+
+    def num_hooks(self) -> int:
+        """How many forward hooks are attached anywhere in the model."""
+        return count_hooks(self.hf)
+
+    @contextmanager
+    def hooks(self, fns: Mapping[SiteLike, HookFn], stop_after_layer: int | None = None) -> Iterator[None]:
+        """Attach ``fn(tensor) -> tensor | None`` at each site for the block's duration.
+
+        Hooks are removed on exit, also when the body raises. With
+        ``stop_after_layer`` the forward stops once that block has run.
+        """
+        handles: list = []
+        try:
+            for site, fn in fns.items():
+                handles += self._register(parse_site(site, self.n_layers), fn)
+            if stop_after_layer is not None and stop_after_layer < self.n_layers - 1:
+                def stop(module, args, out):
+                    raise _StopForward
+                handles.append(self._block(stop_after_layer).register_forward_hook(stop))
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _forward(self, batch: dict[str, torch.Tensor], logits: bool = False):
+        """One forward pass; the LM head is skipped unless ``logits``."""
+        net = self.hf if logits else self.hf.base_model
+        out = net(**batch, use_cache=False)
+        return out.logits if logits else None
+
+    def run(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits for a padded batch (see ``pad``), under whatever hooks are attached."""
+        with torch.no_grad():
+            return self._forward(batch, logits=True)
+
+    # ----------------------------------------------------------------- capture
+    def capture(self, prompts: Sequence[str], sites: SiteLike | Sequence[SiteLike] = "resid_post",
+                positions="last", *, chat: bool = True, system: str | None = None, batch_size: int = 8,
+                dtype: torch.dtype = torch.float32, progress: bool = True):
+        """Run prompts through the model and keep activations at sites and positions.
+
+        Returns ``Activations`` with tensors [examples, positions, d] per site
+        (in prompt order). Padding is never captured.
+
+        Example:
+            >>> acts = model.capture(["Hello"], ["resid_pre.0", "blocks.1.attn.hook_z"])  # doctest: +SKIP
+        """
+        from .capture import capture
+
+        return capture(self, prompts, sites, positions, chat=chat, system=system, batch_size=batch_size,
+                       dtype=dtype, progress=progress)
+
+    def capture_to_store(self, prompts: Sequence[str], out_dir, sites: SiteLike | Sequence[SiteLike] = "resid_post",
+                         positions="last", **kwargs):
+        """Stream a capture to disk as an ``ActivationStore`` (resumable); see ``interp.store``."""
+        from .store import capture_to_store
+
+        return capture_to_store(self, prompts, out_dir, sites, positions, **kwargs)
+
+    def describe(self) -> dict:
+        return {"model": self.name, "source": self.source, "backend": self.backend,
+                "architecture": self.architecture, "n_layers": self.n_layers, "d_model": self.d_model,
+                "fingerprint": self.fingerprint}
+
