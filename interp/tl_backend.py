@@ -42,7 +42,13 @@ class TLModel(Model):
         if point is None:
             raise InterpError(f"the TransformerLens bridge has no hook point {site.tl_name}")
 
+        flat_z = site.name == "attn_z"
+
         def hook(module, args, out):
+            # the bridge's hook_z is the output projection's flat input; show heads
+            if flat_z and out.dim() == 3:
+                y = fn(out.unflatten(-1, (self.n_heads, self.d_head)))
+                return None if y is None else y.flatten(-2)
             return fn(out)
 
         return [point.register_forward_hook(hook)]

@@ -1,0 +1,49 @@
+"""``interp capture``: capture activations for a prompt file into an ActivationStore."""
+from __future__ import annotations
+
+import json
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("capture", help="capture activations of a prompt file to disk",
+                       description="Run prompts through a model and stream activations at the chosen sites and "
+                       "positions to an ActivationStore (safetensors shards + manifest). Re-running the same "
+                       "command resumes an interrupted capture.")
+    p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    p.add_argument("--prompts", required=True, help="text file, one prompt per line (or .jsonl with 'prompt')")
+    p.add_argument("--sites", nargs="+", default=["resid_post"],
+                   help="sites: a name for every layer (resid_post), one layer (resid_post.5) or a "
+                   "TransformerLens name (blocks.5.hook_resid_post); default: resid_post")
+    p.add_argument("--positions", default="last",
+                   help="last, all, instruction_last, post_instruction, instruction, an int, or a slice like -5:")
+    p.add_argument("--out", required=True, help="output folder of the ActivationStore")
+    p.add_argument("--plain", action="store_true", help="do not apply the chat template")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
+    p.add_argument("--shard-size", type=int, default=256, help="prompts per shard on disk (default 256)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="dtype of the stored activations (default float32)")
+    p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.set_defaults(func=run)
+
+
+def parse_positions(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def run(args) -> int:
+    import torch
+
+    from ..cli import read_lines
+    from ..loading import load_model
+
+    prompts = read_lines(args.prompts)
+    model = load_model(args.model)
+    store = model.capture_to_store(prompts, args.out, args.sites, parse_positions(args.positions),
+                                   chat=not args.plain, batch_size=args.batch_size, shard_size=args.shard_size,
+                                   dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    print(json.dumps({"out": str(store.path), "examples": store.n_examples, "tokens": store.n_tokens,
+                      "shards": len(store), "sites": len(store.sites)}))
+    return 0
