@@ -4,9 +4,9 @@ Capture activations at named sites, find directions and subspaces, then
 ablate, steer or patch the model to test what they cause.
 
 Example:
-    >>> import interp
-    >>> model = interp.load_model("smollm2-135m-instruct")   # doctest: +SKIP
-    >>> acts = model.capture(["Hello!"], sites="resid_post")  # doctest: +SKIP
+    import interp
+    model = interp.load_model("smollm2-135m-instruct")
+    acts = model.capture(["Hello!"], sites="resid_post")
 """
 __version__ = "0.1.0"
 

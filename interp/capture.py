@@ -7,7 +7,7 @@ out inside the hooks, so memory grows with what is kept, not with the
 sequence.
 
 Example:
-    >>> acts = capture(model, ["Hi", "Hello there"], "resid_post", "last")  # doctest: +SKIP
+    acts = capture(model, ["Hi", "Hello there"], "resid_post", "last")
 """
 from __future__ import annotations
 

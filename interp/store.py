@@ -7,8 +7,8 @@ flight: run the same call again and it resumes after the last finished shard.
 Shard checksums (SHA-256) are verified when read.
 
 Example:
-    >>> store = model.capture_to_store(prompts, "acts/", sites="resid_post.6")  # doctest: +SKIP
-    >>> for batch in store.iter_batches("resid_post.6", batch_size=4096):      # doctest: +SKIP
+    store = model.capture_to_store(prompts, "acts/", sites="resid_post.6")
+    for batch in store.iter_batches("resid_post.6", batch_size=4096):
     ...     train_step(batch)
 """
 from __future__ import annotations
@@ -133,18 +133,19 @@ class ActivationStore:
 def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | Sequence[SiteLike] = "resid_post",
                      positions="last", *, shard_size: int = 256, chat: bool = True, system: str | None = None,
                      batch_size: int = 8, dtype: torch.dtype = torch.float32, progress: bool = True,
-                     overwrite: bool = False) -> ActivationStore:
+                     overwrite: bool = False, encoded=None) -> ActivationStore:
     """Capture to ``out_dir`` shard by shard; resume if a matching store is there.
 
     A store made by another model, with other sites, positions or prompts is
-    refused (pass another directory, or ``overwrite=True``).
+    refused (pass another directory, or ``overwrite=True``). ``encoded``
+    takes pre-tokenized prompts (``Model.encode``) instead of ``prompts``.
     """
     from .capture import capture
 
     if shard_size < 1:
         raise InterpError(f"shard_size must be >= 1, got {shard_size}")
     out = Path(out_dir)
-    enc = model.encode(prompts, chat=chat, system=system)
+    enc = encoded if encoded is not None else model.encode(prompts, chat=chat, system=system)
     site_list = [str(s) for s in expand_sites(sites, model.n_layers)]
     header = {
         "format": FORMAT, "model": model.name, "model_fingerprint": model.fingerprint, "sites": site_list,

@@ -5,8 +5,8 @@ exposes TransformerLens hook points (``blocks.3.hook_resid_pre``); interp's
 sites map onto them one to one, so captures agree with the HF backend.
 
 Example:
-    >>> model = load_model("smollm2-135m-instruct", backend="transformer_lens")  # doctest: +SKIP
-    >>> model.bridge.run_with_cache(...)                                          # doctest: +SKIP
+    model = load_model("smollm2-135m-instruct", backend="transformer_lens")
+    model.bridge.run_with_cache(...)
 """
 from __future__ import annotations
 

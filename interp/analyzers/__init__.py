@@ -1,0 +1,1 @@
+"""Analyzers: estimators and measurements fitted on activations (no model inside)."""
