@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import InterpError
 
 # modules under interp.commands that register subcommands, in --help order
-COMMANDS = ["models", "capture", "bench"]
+COMMANDS = ["models", "capture", "demo", "bench"]
 
 
 def read_lines(path: str) -> list[str]:

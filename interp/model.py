@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Sequence
@@ -90,7 +91,10 @@ class Model:
     def fingerprint(self) -> str:
         """A hash of config and weights: tells apart models and edited copies."""
         if self._fingerprint is None:
-            h = hashlib.sha256(self.hf.config.to_json_string(use_diff=False).encode())
+            # the config minus where it was loaded from, then a cheap summary of every tensor
+            cfg = {k: v for k, v in self.hf.config.to_dict().items()
+                   if not k.startswith("_") and k != "transformers_version"}
+            h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
             with torch.no_grad():
                 for name, p in self.hf.state_dict().items():
                     flat = p.detach().flatten()

@@ -15,7 +15,8 @@ def add_parser(sub) -> None:
                    help="sites: a name for every layer (resid_post), one layer (resid_post.5) or a "
                    "TransformerLens name (blocks.5.hook_resid_post); default: resid_post")
     p.add_argument("--positions", default="last",
-                   help="last, all, instruction_last, post_instruction, instruction, an int, or a slice like -5:")
+                   help="last, all, instruction_last, post_instruction, instruction, an int, or a slice such as "
+                   "--positions=-5: (write it with = so it is not read as an option)")
     p.add_argument("--out", required=True, help="output folder of the ActivationStore")
     p.add_argument("--plain", action="store_true", help="do not apply the chat template")
     p.add_argument("--batch-size", type=int, default=8, help="prompts per forward pass (default 8)")
