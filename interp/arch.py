@@ -98,31 +98,34 @@ def _input_hook(fn: HookFn, heads: int | None = None):
     return hook
 
 
-def register_hf_hook(block: nn.Module, layout: BlockLayout, site: Site, fn: HookFn, n_heads: int) -> list:
+def register_hf_hook(block: nn.Module, layout: BlockLayout, site: Site, fn: HookFn, n_heads: int,
+                     prepend: bool = False) -> list:
     """Register ``fn`` at ``site`` inside ``block``; return the torch hook handles.
 
     ``fn`` gets the site's tensor ([batch, seq, d], or [batch, seq, heads,
     d_head] for attn_z) and returns a replacement or None to leave it alone.
+    With ``prepend`` it runs before hooks already attached to the same module.
     """
     name = site.name
+    kw = {"prepend": prepend}
     if name == "resid_pre":
-        return [block.register_forward_pre_hook(_input_hook(fn), with_kwargs=True)]
+        return [block.register_forward_pre_hook(_input_hook(fn), with_kwargs=True, **kw)]
     if name == "resid_post":
-        return [block.register_forward_hook(_output_hook(fn))]
+        return [block.register_forward_hook(_output_hook(fn), **kw)]
     if name == "attn_out":
-        return [_get(block, layout.attn_out).register_forward_hook(_output_hook(fn))]
+        return [_get(block, layout.attn_out).register_forward_hook(_output_hook(fn), **kw)]
     if name == "mlp_out":
-        return [_get(block, layout.mlp_out).register_forward_hook(_output_hook(fn))]
+        return [_get(block, layout.mlp_out).register_forward_hook(_output_hook(fn), **kw)]
     if name == "mlp_act":
-        return [_get(block, layout.mlp_down).register_forward_pre_hook(_input_hook(fn), with_kwargs=True)]
+        return [_get(block, layout.mlp_down).register_forward_pre_hook(_input_hook(fn), with_kwargs=True, **kw)]
     if name == "attn_z":
-        return [_get(block, layout.attn_o_proj).register_forward_pre_hook(_input_hook(fn, n_heads), with_kwargs=True)]
+        return [_get(block, layout.attn_o_proj).register_forward_pre_hook(_input_hook(fn, n_heads), with_kwargs=True, **kw)]
     if name == "resid_mid":
-        return _resid_mid_hooks(block, layout, fn)
+        return _resid_mid_hooks(block, layout, fn, prepend)
     raise InterpError(f"no hook for site {site}")
 
 
-def _resid_mid_hooks(block: nn.Module, layout: BlockLayout, fn: HookFn) -> list:
+def _resid_mid_hooks(block: nn.Module, layout: BlockLayout, fn: HookFn, prepend: bool = False) -> list:
     """resid_mid = resid_pre + attn_out. No module sees it as one tensor that
     also flows on, so we rebuild it: remember the block input (as the
     attention norm sees it), add the attention output, and turn an edit of
@@ -139,7 +142,7 @@ def _resid_mid_hooks(block: nn.Module, layout: BlockLayout, fn: HookFn) -> list:
 
     return [
         _get(block, layout.attn_in_norm).register_forward_pre_hook(remember, with_kwargs=True),
-        _get(block, layout.attn_out).register_forward_hook(_output_hook(edit)),
+        _get(block, layout.attn_out).register_forward_hook(_output_hook(edit), prepend=prepend),
     ]
 
 

@@ -8,28 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
-from pathlib import Path
 
 from .errors import InterpError
 
 # modules under interp.commands that register subcommands, in --help order
 COMMANDS = ["models", "capture", "demo", "bench"]
-
-
-def read_lines(path: str) -> list[str]:
-    """Non-empty lines of a text file (``-`` reads stdin), or the ``prompt`` fields of a .jsonl."""
-    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
-    if str(path).endswith(".jsonl"):
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        lines = [r["prompt"] if isinstance(r, dict) else str(r) for r in rows]
-    else:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise InterpError(f"{path} holds no prompts")
-    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,8 +181,8 @@ class Model:
         return {"input_ids": input_ids.to(dev), "attention_mask": mask.to(dev), "position_ids": position_ids.to(dev)}
 
     # ------------------------------------------------------------------ hooks
-    def _register(self, site: Site, fn: HookFn) -> list:
-        return register_hf_hook(self._layers[site.layer], self._layout, site, fn, self.n_heads)
+    def _register(self, site: Site, fn: HookFn, prepend: bool = False) -> list:
+        return register_hf_hook(self._layers[site.layer], self._layout, site, fn, self.n_heads, prepend)
 
     def _block(self, layer: int) -> nn.Module:
         return self._layers[layer]
@@ -192,16 +192,18 @@ class Model:
         return count_hooks(self.hf)
 
     @contextmanager
-    def hooks(self, fns: Mapping[SiteLike, HookFn], stop_after_layer: int | None = None) -> Iterator[None]:
+    def hooks(self, fns: Mapping[SiteLike, HookFn], stop_after_layer: int | None = None,
+              prepend: bool = False) -> Iterator[None]:
         """Attach ``fn(tensor) -> tensor | None`` at each site for the block's duration.
 
         Hooks are removed on exit, also when the body raises. With
-        ``stop_after_layer`` the forward stops once that block has run.
+        ``stop_after_layer`` the forward stops once that block has run; with
+        ``prepend`` these hooks run before ones already attached.
         """
         handles: list = []
         try:
             for site, fn in fns.items():
-                handles += self._register(parse_site(site, self.n_layers), fn)
+                handles += self._register(parse_site(site, self.n_layers), fn, prepend)
             if stop_after_layer is not None and stop_after_layer < self.n_layers - 1:
                 def stop(module, args, out):
                     raise _StopForward
@@ -221,6 +223,47 @@ class Model:
         """Logits for a padded batch (see ``pad``), under whatever hooks are attached."""
         with torch.no_grad():
             return self._forward(batch, logits=True)
+
+    def _unembed(self, h: torch.Tensor) -> torch.Tensor:
+        logits = self.hf.get_output_embeddings()(h)
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def last_logits(self, batch: dict[str, torch.Tensor], start_layer: int = 0,
+                    resid: torch.Tensor | None = None) -> torch.Tensor:
+        """Next-token logits at the last position [batch, vocab], under attached hooks.
+
+        The unembedding runs on the last position only. With ``start_layer``
+        and ``resid`` (the cached ``resid_pre`` of that layer, [batch, seq,
+        d]) the blocks below ``start_layer`` are skipped: they cannot change
+        when edits start at ``start_layer``, so their output can be reused.
+        """
+        base = self.hf.base_model
+        with torch.no_grad():
+            if start_layer == 0 or resid is None:
+                h = base(**batch, use_cache=False).last_hidden_state
+            elif hasattr(base, "layers") and hasattr(base, "rotary_emb") and self.backend == "hf":
+                h = self._run_upper_blocks(base, start_layer, resid, batch)
+            else:  # no fast path for this architecture: replace the block input, run everything
+                def replace(x):
+                    return resid.to(x.dtype)
+                with self.hooks({Site("resid_pre", start_layer): replace}, prepend=True):
+                    h = base(**batch, use_cache=False).last_hidden_state
+            return self._unembed(h[:, -1])
+
+    def _run_upper_blocks(self, base, start: int, resid: torch.Tensor, batch) -> torch.Tensor:
+        """Run blocks ``start``.. on ``resid`` by handing the base model a shortened block list."""
+        layers, types = base.layers, getattr(base.config, "layer_types", None)
+        try:
+            base.layers = nn.ModuleList(list(layers)[start:])
+            if types is not None:
+                base.config.layer_types = list(types)[start:]
+            return base(inputs_embeds=resid, attention_mask=batch["attention_mask"],
+                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+        finally:
+            base.layers = layers
+            if types is not None:
+                base.config.layer_types = types
 
     # ----------------------------------------------------------------- capture
     def capture(self, prompts: Sequence[str], sites: SiteLike | Sequence[SiteLike] = "resid_post",

@@ -37,7 +37,7 @@ class TLModel(Model):
                                                      dtype=next(hf.parameters()).dtype)
         return cls(bridge, hf, tokenizer, name, source)
 
-    def _register(self, site: Site, fn: HookFn) -> list:
+    def _register(self, site: Site, fn: HookFn, prepend: bool = False) -> list:
         point = self.bridge.hook_dict.get(site.tl_name)
         if point is None:
             raise InterpError(f"the TransformerLens bridge has no hook point {site.tl_name}")
@@ -51,7 +51,7 @@ class TLModel(Model):
                 return None if y is None else y.flatten(-2)
             return fn(out)
 
-        return [point.register_forward_hook(hook)]
+        return [point.register_forward_hook(hook, prepend=prepend)]
 
     def _block(self, layer: int) -> nn.Module:
         return self.bridge.blocks[layer]

@@ -188,3 +188,25 @@ def test_activations_save_load(tmp_path, tiny_llama):
     for k in acts.sites:
         assert torch.equal(back[k], acts[k])
     assert torch.equal(back.mask, acts.mask)
+
+
+def test_last_logits_and_running_upper_blocks_only(tiny):
+    """Skipping the blocks below a layer with their cached output changes nothing."""
+    prompts = PROMPTS[:3]
+    batch = tiny.pad(tiny.encode(prompts).ids)
+    full = tiny.run(batch)[:, -1]
+    torch.testing.assert_close(tiny.last_logits(batch), full, atol=1e-5, rtol=1e-4)
+    acts = tiny.capture(prompts, "resid_pre.1", "all", progress=False)
+    # rebuild the padded [batch, seq, d] block input from the captured rows
+    resid = torch.zeros(batch["input_ids"].shape + (tiny.d_model,))
+    for i in range(len(prompts)):
+        n = int(acts.mask[i].sum())
+        resid[i, -n:] = acts["resid_pre.1"][i, :n]
+    upper = tiny.last_logits(batch, start_layer=1, resid=resid)
+    torch.testing.assert_close(upper, full, atol=1e-4, rtol=1e-4)
+    shift = torch.randn(tiny.d_model)
+    with tiny.hooks({"resid_pre.1": lambda x: x + shift}):
+        edited_full = tiny.last_logits(batch)
+        edited_upper = tiny.last_logits(batch, start_layer=1, resid=resid)
+    torch.testing.assert_close(edited_upper, edited_full, atol=1e-4, rtol=1e-4)
+    assert (edited_full - full).abs().max() > 1e-3

@@ -43,7 +43,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert main(["capture", "smollm2-135m-instruct", "--prompts", str(empty), "--out", str(tmp_path / "o")]) == 2
-    assert "holds no prompts" in capsys.readouterr().err
+    assert "is empty" in capsys.readouterr().err
 
 
 @pytest.mark.slow
