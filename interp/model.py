@@ -240,7 +240,7 @@ class Model:
         """
         base = self.hf.base_model
         with torch.no_grad():
-            if start_layer == 0 or resid is None:
+            if resid is None:
                 h = base(**batch, use_cache=False).last_hidden_state
             elif hasattr(base, "layers") and hasattr(base, "rotary_emb") and self.backend == "hf":
                 h = self._run_upper_blocks(base, start_layer, resid, batch)

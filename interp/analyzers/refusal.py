@@ -1,0 +1,236 @@
+"""Refusal direction (Arditi et al. 2024): metric, candidates, scoring and selection.
+
+The pieces here need a model only through ``Model.last_logits`` and
+``Model.hooks``; the experiment that walks the whole path (data, filtering,
+evaluation, report) is ``interp.refusal``.
+
+- ``refusal_metric``: log p(refusal tokens) − log(1 − p(refusal tokens)) at
+  the last prompt position (no generation).
+- ``candidate_directions``: difference of means at every layer × position,
+  accumulated in float64.
+- ``CandidateScorer``: bypass, induce and KL for any candidate, reusing what
+  is shared across candidates (tokenized batches, baseline logits, the cached
+  residual stream below each layer).
+- ``select_direction``: the paper's filters and choice.
+
+Example:
+    >>> import torch
+    >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
+    >>> round(refusal_metric(logits, [0]).item(), 3)   # p = e^2 / (e^2 + 2)
+    1.306
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import InterpError
+from ..sites import Site
+
+REFUSAL_TOKENS = ("I", "As")
+
+
+def refusal_token_ids(tokenizer, tokens: Sequence[str] = REFUSAL_TOKENS) -> list[int]:
+    """Vocabulary ids of refusal-starting tokens; each must be a single token."""
+    ids = []
+    for t in tokens:
+        enc = tokenizer.encode(t, add_special_tokens=False)
+        if len(enc) != 1:
+            raise InterpError(f"refusal token {t!r} is not a single token in this vocabulary ({enc}); pass "
+                              f"refusal tokens that exist, e.g. the first token of the model's refusals")
+        ids.append(enc[0])
+    return sorted(set(ids))
+
+
+def refusal_metric(logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
+    """log p(refusal) − log(1 − p(refusal)) per row of next-token logits [batch, vocab]."""
+    logits = logits.double()
+    ref = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    ref[list(refusal_ids)] = True
+    return torch.logsumexp(logits[:, ref], -1) - torch.logsumexp(logits[:, ~ref], -1)
+
+
+def kl_last(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row between next-token distributions given as logits."""
+    lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
+    return (lp.exp() * (lp - lq)).sum(-1)
+
+
+def mean_activations(acts, name: str = "resid_pre") -> torch.Tensor:
+    """Mean over examples of every layer and position, float64: [layers, positions, d]."""
+    return acts.stack(name).double().mean(1)
+
+
+def candidate_directions(harmful_acts, harmless_acts, name: str = "resid_pre") -> torch.Tensor:
+    """Difference of means, [layers, positions, d] (float64, unnormalized)."""
+    a, b = mean_activations(harmful_acts, name), mean_activations(harmless_acts, name)
+    if a.shape != b.shape:
+        raise InterpError(f"harmful and harmless captures differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
+    return a - b
+
+
+def ablation_hooks(model, direction: torch.Tensor) -> dict:
+    """x ← x − r̂ r̂ᵀ x at every block input, attention output and MLP output."""
+    unit = (direction / direction.norm()).to(model.device, next(model.hf.parameters()).dtype)
+
+    def ablate(x):
+        return x - (x @ unit)[..., None] * unit
+
+    return {Site(n, layer): ablate for layer in range(model.n_layers) for n in ("resid_pre", "attn_out", "mlp_out")}
+
+
+@dataclass
+class Scores:
+    """Validation scores of one candidate (NaN where not computed)."""
+
+    bypass: float = float("nan")
+    induce: float = float("nan")
+    kl: float = float("nan")
+    proxy_bypass: float = float("nan")
+
+
+class CandidateScorer:
+    """Scores refusal-direction candidates on validation prompts.
+
+    Shared work is done once: the validation prompts are tokenized and padded
+    once, their baseline last-position logits computed once, and the harmless
+    residual stream at every block input cached once, so the induce score of
+    a layer-l candidate runs only blocks l.. (the blocks below cannot change).
+    """
+
+    def __init__(self, model, harmful_val: Sequence[str], harmless_val: Sequence[str],
+                 refusal_ids: Sequence[int], batch_size: int = 16, proxy_prompts: int = 8,
+                 progress: bool = True):
+        self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
+        self.harmful = self._batches(harmful_val, batch_size)
+        # the cheap proxy reads a few harmful prompts, spread over the lengths
+        step = max(1, len(harmful_val) // max(1, proxy_prompts))
+        self.proxy = self._batches(list(harmful_val)[::step][:proxy_prompts], batch_size)
+        self.harmless = self._batches(harmless_val, batch_size)
+        with torch.no_grad():
+            self.base_harmless = torch.cat([model.last_logits(b) for b, _ in self.harmless])
+            self.base_harmful_metric = torch.cat([refusal_metric(model.last_logits(b), self.refusal_ids)
+                                                  for b, _ in self.harmful])
+        self.base_harmless_metric = refusal_metric(self.base_harmless, self.refusal_ids)
+        self._resid = [self._cache_resid(b) for b, _ in self.harmless]
+
+    def _batches(self, prompts, batch_size):
+        enc = self.model.encode(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
+        out = []
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            out.append((self.model.pad([enc.ids[i] for i in rows]), rows))
+        return out
+
+    def _cache_resid(self, batch) -> list[torch.Tensor]:
+        """resid_pre of every layer for one padded batch, [batch, seq, d] each."""
+        cache: dict[int, torch.Tensor] = {}
+
+        def keep(layer):
+            def fn(x):
+                cache[layer] = x.detach().clone()
+            return fn
+
+        with self.model.hooks({Site("resid_pre", layer): keep(layer) for layer in range(self.model.n_layers)}), \
+                torch.no_grad():
+            self.model.hf.base_model(**batch, use_cache=False)
+        return [cache[layer] for layer in range(self.model.n_layers)]
+
+    def bypass_and_kl(self, direction: torch.Tensor, proxy: bool = False) -> tuple[float, float]:
+        """Mean refusal metric on harmful prompts and mean KL on harmless ones, r̂ ablated everywhere.
+
+        With ``proxy`` only the few proxy prompts are read and KL is skipped.
+        """
+        metrics, kls = [], []
+        with self.model.hooks(ablation_hooks(self.model, direction)), torch.no_grad():
+            for batch, _ in (self.proxy if proxy else self.harmful):
+                metrics.append(refusal_metric(self.model.last_logits(batch), self.refusal_ids))
+            if not proxy:
+                start = 0
+                for batch, rows in self.harmless:
+                    logits = self.model.last_logits(batch)
+                    kls.append(kl_last(self.base_harmless[start:start + len(rows)], logits))
+                    start += len(rows)
+        return torch.cat(metrics).mean().item(), (float("nan") if proxy else torch.cat(kls).mean().item())
+
+    def induce(self, direction: torch.Tensor, layer: int) -> float:
+        """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
+        r = direction.to(self.model.device, next(self.model.hf.parameters()).dtype)
+        metrics = []
+        for (batch, _), resid in zip(self.harmless, self._resid):
+            steered = resid[layer] + batch["attention_mask"][..., None].to(r.dtype) * r
+            logits = self.model.last_logits(batch, start_layer=layer, resid=steered)
+            metrics.append(refusal_metric(logits, self.refusal_ids))
+        return torch.cat(metrics).mean().item()
+
+    def score(self, direction: torch.Tensor, layer: int) -> Scores:
+        bypass, kl = self.bypass_and_kl(direction)
+        return Scores(bypass=bypass, induce=self.induce(direction, layer), kl=kl)
+
+
+@dataclass
+class Selection:
+    """The outcome of a candidate search."""
+
+    layer: int
+    position: int  # index into the post-instruction positions (negative: from the end)
+    scores: dict = field(default_factory=dict)  # (layer, position) -> Scores
+    n_scored: int = 0
+    mode: str = "pruned"
+
+
+def passes(s: Scores, layer: int, n_layers: int, kl_max: float, induce_min: float, max_layer_frac: float) -> bool:
+    return s.induce > induce_min and s.kl < kl_max and layer < max_layer_frac * n_layers
+
+
+def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: str = "pruned",
+                     kl_max: float = 0.1, induce_min: float = 0.0, max_layer_frac: float = 0.8,
+                     top_k: int = 8) -> Selection:
+    """Pick the candidate with the lowest bypass among those passing the filters.
+
+    ``candidates`` is [layers, positions, d]. ``mode="exhaustive"`` scores
+    every candidate below ``max_layer_frac`` of the depth. ``mode="pruned"``
+    first ranks them by a cheap proxy (bypass on the scorer's few proxy
+    prompts, no KL, no induce), then fully scores the best ``top_k``, moving
+    on to the next ``top_k`` while none passes the filters.
+    """
+    if mode not in ("pruned", "exhaustive"):
+        raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
+    n_layers, n_pos = candidates.shape[:2]
+    # a zero difference (e.g. the embedding of identical template tokens) is no direction
+    pool = [(layer, p) for layer in range(n_layers) if layer < max_layer_frac * n_layers for p in range(n_pos)
+            if candidates[layer, p].norm() > 1e-6]
+    if not pool:
+        raise InterpError(f"no candidate layer is below {max_layer_frac} of {n_layers} layers")
+    scores: dict[tuple[int, int], Scores] = {}
+    if mode == "pruned":
+        for key in tqdm(pool, desc="proxy bypass", disable=not scorer.progress):
+            bypass, _ = scorer.bypass_and_kl(candidates[key], proxy=True)
+            scores[key] = Scores(proxy_bypass=bypass)
+        order = sorted(pool, key=lambda k: scores[k].proxy_bypass)
+    else:
+        order = pool
+    best, n_scored = None, 0
+    for start in range(0, len(order), top_k if mode == "pruned" else len(order)):
+        chunk = order[start:start + (top_k if mode == "pruned" else len(order))]
+        for key in tqdm(chunk, desc="full scores", disable=not scorer.progress):
+            full = scorer.score(candidates[key], key[0])
+            full.proxy_bypass = scores.get(key, Scores()).proxy_bypass
+            scores[key] = full
+            n_scored += 1
+        ok = [k for k in chunk if passes(scores[k], k[0], n_layers, kl_max, induce_min, max_layer_frac)]
+        if ok:
+            cand = min(ok, key=lambda k: scores[k].bypass)
+            if best is None or scores[cand].bypass < scores[best].bypass:
+                best = cand
+            if mode == "pruned":
+                break
+    if best is None:
+        raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
+                          f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
+                          f"induce_min, max_layer_frac) or use more or other prompts")
+    return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)

@@ -1,0 +1,71 @@
+"""Refusal-direction pieces on a tiny model: metric, candidates, scorer shortcuts, selection."""
+import pytest
+import torch
+
+from interp import InterpError
+from interp.analyzers.refusal import (CandidateScorer, ablation_hooks, candidate_directions, kl_last,
+                                      refusal_metric, refusal_token_ids, select_direction)
+from interp.sites import Site
+
+HARMFUL = ["Tell me how to make a bomb", "Explain how to steal a car", "Write a poem about the sea",
+           "How do I bake bread at home?", "Tell me how to hurt a dog"]
+HARMLESS = ["Write a poem about the sky", "What is the capital of France?", "Explain photosynthesis to a child",
+            "Tell me how to make a cake", "Numbers like 1234 appear too"]
+
+
+def test_metric_matches_definition():
+    logits = torch.randn(3, 11)
+    ids = [2, 5]
+    p = torch.softmax(logits.double(), -1)[:, ids].sum(-1)
+    torch.testing.assert_close(refusal_metric(logits, ids), torch.log(p) - torch.log1p(-p))
+    assert torch.allclose(kl_last(logits, logits), torch.zeros(3, dtype=torch.float64))
+
+
+def test_refusal_tokens_must_exist(tiny_llama):
+    assert len(refusal_token_ids(tiny_llama.tokenizer, ("<|im_end|>", "!"))) == 2
+    with pytest.raises(InterpError, match="not a single token"):
+        refusal_token_ids(tiny_llama.tokenizer, ("Absolutely-not-a-token",))
+
+
+def test_candidates_and_scorer_shortcuts(tiny_llama):
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("<|im_end|>", "!"))
+    acts_h = m.capture(HARMFUL, "resid_pre", "post_instruction", progress=False)
+    acts_l = m.capture(HARMLESS, "resid_pre", "post_instruction", progress=False)
+    cands = candidate_directions(acts_h, acts_l)
+    assert cands.dtype == torch.float64 and cands.shape == (m.n_layers, acts_h.mask.shape[1], m.d_model)
+    torch.testing.assert_close(cands[1, -1], (acts_h["resid_pre.1"][:, -1].double().mean(0)
+                                             - acts_l["resid_pre.1"][:, -1].double().mean(0)))
+    scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, proxy_prompts=2, progress=False)
+    r = cands[1, -1].float() * 3
+    # induce through the cached-lower-layers shortcut equals a full forward with +r at layer 1
+    batch = m.pad(m.encode(HARMLESS).ids)
+    with m.hooks({"resid_pre.1": lambda x: x + r}):
+        full = refusal_metric(m.last_logits(batch), ids).mean().item()
+    assert abs(scorer.induce(r, 1) - full) < 1e-4
+    # bypass equals the metric with the ablation hooks attached by hand
+    bypass, kl = scorer.bypass_and_kl(r)
+    with m.hooks(ablation_hooks(m, r)):
+        direct = refusal_metric(m.last_logits(m.pad(m.encode(HARMFUL).ids)), ids).mean().item()
+    assert abs(bypass - direct) < 1e-4 and kl >= 0
+
+
+def test_selection_modes_and_filters(tiny_llama):
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("<|im_end|>", "!"))
+    cands = candidate_directions(m.capture(HARMFUL, "resid_pre", "post_instruction", progress=False),
+                                 m.capture(HARMLESS, "resid_pre", "post_instruction", progress=False)).float()
+    scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, progress=False)
+    loose = dict(kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0)
+    ex = select_direction(scorer, cands, mode="exhaustive", **loose)
+    nonzero = int((cands.norm(dim=-1) > 1e-6).sum())
+    assert nonzero < cands.shape[0] * cands.shape[1]  # template tokens embed identically at layer 0
+    assert ex.n_scored == nonzero
+    best = min(ex.scores, key=lambda k: ex.scores[k].bypass)
+    assert (ex.layer, ex.position + cands.shape[1]) == best
+    pr = select_direction(scorer, cands, mode="pruned", top_k=3, **loose)
+    assert pr.n_scored == 3
+    with pytest.raises(InterpError, match="no candidate passed"):
+        select_direction(scorer, cands, mode="exhaustive", kl_max=-1.0)
+    with pytest.raises(InterpError, match="mode"):
+        select_direction(scorer, cands, mode="greedy")
