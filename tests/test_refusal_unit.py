@@ -69,3 +69,37 @@ def test_selection_modes_and_filters(tiny_llama):
         select_direction(scorer, cands, mode="exhaustive", kl_max=-1.0)
     with pytest.raises(InterpError, match="mode"):
         select_direction(scorer, cands, mode="greedy")
+
+
+def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path):
+    import json
+
+    from interp.directions import load_direction
+    from interp.refusal import RefusalConfig, run_refusal
+
+    cfg = RefusalConfig(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>", "!"), filter_train=False,
+                        kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0, max_new_tokens=4, top_k=2)
+    result = run_refusal(tiny_llama, cfg, tmp_path, harmful=HARMFUL * 2 + ["Explain how to rob a bank"],
+                         harmless=HARMLESS * 2 + ["Explain how to plant a tree"], progress=False)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["chosen"]["layer"] == result.layer
+    assert set(report["evaluation"]) >= {"baseline_refusal", "ablated_refusal", "induced_refusal",
+                                         "baseline_harmless_refusal", "ce_delta", "n_harmful", "n_harmless"}
+    vec, meta = load_direction(tmp_path / "direction.safetensors", tiny_llama)
+    torch.testing.assert_close(vec, result.direction)
+    assert meta["layer"] == result.layer and meta["model"] == "tiny-llama"
+    assert (tmp_path / "report.html").read_text().count("plotly") > 3
+
+
+def test_pipeline_bad_input(tiny_llama):
+    from interp.refusal import RefusalConfig, run_refusal
+
+    cfg = RefusalConfig(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>",))
+    with pytest.raises(InterpError, match="survived"):
+        run_refusal(tiny_llama, cfg, harmful=HARMFUL, harmless=HARMLESS, progress=False)
+    with pytest.raises(InterpError, match="not a single token"):
+        run_refusal(tiny_llama, RefusalConfig(refusal_tokens=("Zebra-crossing",)), harmful=HARMFUL,
+                    harmless=HARMLESS, progress=False)
+    with pytest.raises(InterpError, match="empty"):
+        run_refusal(tiny_llama, RefusalConfig(refusal_tokens=("<|im_end|>",)), harmful=[], harmless=HARMLESS,
+                    progress=False)
