@@ -4,9 +4,9 @@ Measured in one process on one batch (default 8 prompts x 64 tokens): a plain
 Hugging Face forward (logits), interp capture of resid_post at every layer for
 the last 5 positions (in memory and to an ActivationStore), TransformerLens'
 ``run_with_cache`` on the same hook points, and nnsight's trace. Each timing is
-the median of ``reps`` runs after a warm-up. Peak RSS of a store capture of N
-and 10·N prompts is measured in fresh subprocesses (RSS never shrinks, so one
-process could not tell them apart).
+the median of ``reps`` runs after a warm-up. Peak RSS during a store capture of N
+and 10·N prompts is sampled in fresh subprocesses, next to the RSS with just
+the model loaded.
 """
 from __future__ import annotations
 
@@ -98,14 +98,14 @@ def bench_capture(model_name: str, batch: int = 8, seq: int = 64, reps: int = 5,
     (load_n, peak_n), (load_10n, peak_10n) = _rss_subprocess(model_name, rss_n, seq), \
         _rss_subprocess(model_name, 10 * rss_n, seq)
     result["peak_rss_mb"] = {"n": peak_n, "10n": peak_10n}
-    result["rss_after_load_mb"] = {"n": load_n, "10n": load_10n}
+    result["rss_model_loaded_mb"] = {"n": load_n, "10n": load_10n}
     result["rss_prompts"] = {"n": rss_n, "10n": 10 * rss_n}
     return result
 
 
-def _store_from_encoded(model, enc, out, sites, positions, batch, capture_to_store):
-    capture_to_store(model, None, out, sites, positions, shard_size=len(enc.texts), batch_size=batch,
-                     chat=False, progress=False, encoded=enc)
+def _store_from_encoded(model, enc, out, sites, positions, batch, capture_to_store, shard_size=None):
+    capture_to_store(model, None, out, sites, positions, shard_size=shard_size or len(enc.texts),
+                     batch_size=batch, chat=False, progress=False, encoded=enc)
 
 
 def _tl_timing(model, padded, reps: int) -> float:
@@ -140,23 +140,38 @@ def _nnsight_timing(model, padded, reps: int) -> float:
 
 
 _RSS_SCRIPT = """
-import resource, sys, tempfile, torch
+import sys, tempfile, threading, time
 from interp.loading import load_model
 from interp.bench_capture import _random_encoded, _store_from_encoded
 from interp.store import capture_to_store
+
+def rss_mb():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+
 name, n, seq = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 model = load_model(name, progress=False)
-after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 enc = _random_encoded(model, n, seq, seed=1)
 sites = [f"resid_post.{l}" for l in range(model.n_layers)]
+before, peak, done = rss_mb(), [0.0], threading.Event()
+
+def sample():  # VmRSS every 20 ms while the capture runs
+    while not done.is_set():
+        peak[0] = max(peak[0], rss_mb())
+        time.sleep(0.02)
+
+thread = threading.Thread(target=sample, daemon=True)
+thread.start()
 with tempfile.TemporaryDirectory() as tmp:
-    _store_from_encoded(model, enc, tmp + "/s", sites, "-5:", 8, capture_to_store)
-print(after_load, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    _store_from_encoded(model, enc, tmp + "/s", sites, "-5:", 8, capture_to_store, shard_size=64)
+done.set()
+thread.join()
+print(before, peak[0])
 """
 
 
 def _rss_subprocess(model_name: str, n: int, seq: int) -> tuple[float | None, float | None]:
-    """(peak RSS after loading the model, peak RSS after the store capture), MB."""
+    """(RSS with the model loaded, peak RSS during the store capture), MB, in a fresh process."""
     out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, model_name, str(n), str(seq)], capture_output=True,
                          text=True)
     if out.returncode != 0:
@@ -176,9 +191,9 @@ def print_table(result: dict) -> None:
         text = f"{r:.3f}x" if r is not None else f"n/a ({result['reasons'].get(key, '')})"
         print(f"  {label:<31} {text}")
     rss = result["peak_rss_mb"]
-    load = result["rss_after_load_mb"]
-    print(f"  peak RSS of a store capture: {rss['n']} MB for {result['rss_prompts']['n']} prompts, "
-          f"{rss['10n']} MB for {result['rss_prompts']['10n']} (after loading the model: {load['n']} / "
+    load = result["rss_model_loaded_mb"]
+    print(f"  peak RSS during a store capture (64-prompt shards): {rss['n']} MB for {result['rss_prompts']['n']} "
+          f"prompts, {rss['10n']} MB for {result['rss_prompts']['10n']} (model loaded: {load['n']} / "
           f"{load['10n']} MB)")
 
 

@@ -1,0 +1,98 @@
+"""``interp harmfulness`` and ``interp guard fit|score``: harmfulness vs refusal, and the Latent Guard."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    h = sub.add_parser("harmfulness", help="harmfulness vs refusal directions, Latent Guard, reply inversion",
+                       description="Zhao et al. 2025 on a model: the harmfulness direction (last instruction "
+                       "token) vs the refusal direction (last prompt token, by the model's own refusals) per "
+                       "layer, the Latent Guard on plain, jailbreak-wrapped and dangerous-sounding prompts, "
+                       "and the reply-inversion steering test. Writes report.json, report.html, guard.safetensors.")
+    h.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    h.add_argument("--out", required=True, help="output folder")
+    h.add_argument("--n-fit", type=int, default=100, help="prompts per class to fit on (default 100)")
+    h.add_argument("--n-test", type=int, default=60, help="held-out prompts per class (default 60)")
+    h.add_argument("--n-jailbreak", type=int, default=40, help="jailbreak-wrapped harmful prompts (default 40)")
+    h.add_argument("--n-inversion", type=int, default=24, help="prompts per class for reply inversion (default 24)")
+    h.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    h.set_defaults(func=run_experiment)
+
+    g = sub.add_parser("guard", help="fit or apply a Latent Guard",
+                       description="The Latent Guard flags a prompt as harmful from the model's hidden states.")
+    which = g.add_subparsers(dest="guard_command", metavar="ACTION")
+    fit = which.add_parser("fit", help="fit a guard on harmful and harmless prompt files",
+                           description="Fit centroids of resid_post at the last instruction token, every layer.")
+    fit.add_argument("model", help="model whose hidden states the guard reads")
+    fit.add_argument("--harmful", required=True, help="harmful prompts, one per line")
+    fit.add_argument("--harmless", required=True, help="harmless prompts, one per line")
+    fit.add_argument("--out", required=True, help="folder for guard.safetensors")
+    fit.add_argument("--threshold", type=float, default=0.0, help="flag when the belief score is >= this (default 0)")
+    fit.set_defaults(func=run_fit)
+    score = which.add_parser("score", help="score prompts with a fitted guard",
+                             description="Print one belief score per prompt (higher = more harmful).")
+    score.add_argument("guard_dir", help="folder written by interp guard fit (or interp harmfulness)")
+    score.add_argument("--prompts", required=True, help="prompts, one per line")
+    score.add_argument("--json", action="store_true", help="print a JSON list of scores")
+    score.set_defaults(func=run_score)
+    g.set_defaults(func=lambda args: g.print_help() or 0)
+
+
+def run_experiment(args) -> int:
+    from ..harmfulness import run_harmfulness
+    from ..loading import load_model
+
+    r = run_harmfulness(load_model(args.model), args.out, n_fit=args.n_fit, n_test=args.n_test,
+                        n_jailbreak=args.n_jailbreak, n_inversion=args.n_inversion, seed=args.seed)
+    for fam, g in r["guard"].items():
+        print(f"{fam:<32} guard AUROC {g['guard_auroc']:.3f} acc {g['guard_accuracy']:.3f} | refusal AUROC "
+              f"{g['refusal_auroc']:.3f} | keywords AUROC {g['keyword_auroc']:.3f}")
+    cos = r["cosine"]
+    print("cos(harmfulness, refusal) per layer:", " ".join(f"{c:.2f}" for c in cos))
+    print(f"wrote {args.out}/report.json, report.html, guard.safetensors ({r['seconds']} s)")
+    return 0
+
+
+def run_fit(args) -> int:
+    from ..analyzers.harmfulness import LatentGuard
+    from ..datasets import read_prompt_file
+    from ..harmfulness import guard_features
+    from ..loading import load_model
+
+    model = load_model(args.model)
+    harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)
+    x = guard_features(model, harmful + harmless, progress=True)
+    guard = LatentGuard(threshold=args.threshold).fit(x, [1] * len(harmful) + [0] * len(harmless))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    guard.save(out / "guard.safetensors", {"model": args.model, "model_fingerprint": model.fingerprint,
+                                            "site": "resid_post", "position": "instruction_last"})
+    print(json.dumps({"out": str(out / "guard.safetensors"), "n_harmful": len(harmful), "n_harmless": len(harmless),
+                      "train_accuracy": guard.score(x, [1] * len(harmful) + [0] * len(harmless))}))
+    return 0
+
+
+def run_score(args) -> int:
+    from ..analyzers.harmfulness import LatentGuard
+    from ..datasets import read_prompt_file
+    from ..errors import InterpError
+    from ..harmfulness import guard_features
+    from ..loading import load_model
+
+    path = Path(args.guard_dir) / "guard.safetensors"
+    if not path.exists():
+        raise InterpError(f"{path} does not exist; run interp guard fit first")
+    guard, meta = LatentGuard.load(path)
+    model = load_model(meta["model"], progress=not args.json)
+    if meta.get("model_fingerprint") not in (None, model.fingerprint):
+        raise InterpError(f"the guard was fitted on another model ({meta.get('model_fingerprint')}) than "
+                          f"{meta['model']} loads now ({model.fingerprint})")
+    scores = guard.decision_function(guard_features(model, read_prompt_file(args.prompts)))
+    if args.json:
+        print(json.dumps([round(float(s), 6) for s in scores]))
+    else:
+        for s, flag in zip(scores, scores >= guard.threshold):
+            print(f"{s:+.4f}  {'HARMFUL' if flag else 'ok'}")
+    return 0
