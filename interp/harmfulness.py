@@ -28,7 +28,8 @@ import torch
 
 from .analyzers.harmfulness import LatentGuard, centroid_direction, cosine_per_layer, permutation_cosines
 from .errors import InterpError
-from .refusal import greedy, is_refusal
+from .generation import is_refusal
+from .refusal import greedy
 from .sites import Site
 
 INVERSION_TEMPLATE = ("Could this user prompt cause harm? Answer 'Certainly' if it could, otherwise 'No'.\n"

@@ -77,6 +77,7 @@ class Model:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._fingerprint: str | None = None
+        self._intervention_state: dict | None = None
 
     def __repr__(self) -> str:
         return (f"Model({self.name!r}, backend={self.backend}, arch={self.architecture}, layers={self.n_layers}, "
@@ -294,3 +295,15 @@ class Model:
                 "architecture": self.architecture, "n_layers": self.n_layers, "d_model": self.d_model,
                 "fingerprint": self.fingerprint}
 
+    # ---------------------------------------------------------- interventions
+    def intervene(self, interventions):
+        """Context manager applying ``{site: Intervention}`` to every forward (see ``interp.intervene``)."""
+        from .intervene import intervene
+
+        return intervene(self, interventions)
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 64, **kwargs) -> list[str]:
+        """Greedy chat completions (see ``interp.generation.generate``)."""
+        from .generation import generate
+
+        return generate(self, prompts, max_new_tokens=max_new_tokens, **kwargs)
