@@ -46,25 +46,33 @@ def generate(model, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool
     generated tokens alike (limit them with ``positions``).
     """
     enc = model.encode(prompts, chat=chat, system=system)
-    order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
-    out = [""] * len(prompts)
+    return generate_from_ids(model, enc.ids, max_new_tokens, do_sample, batch_size, progress, use_cache,
+                             **gen_kwargs)
+
+
+def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int = 64, do_sample: bool = False,
+                      batch_size: int = 16, progress: bool = False, use_cache: bool = True,
+                      **gen_kwargs) -> list[str]:
+    """``generate`` on already tokenized prompts (e.g. a multi-turn chat)."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = [""] * len(ids)
     state = getattr(model, "_intervention_state", None)
     if not do_sample:
         gen_kwargs.update(top_p=None, top_k=None, temperature=None)
     for s in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
         rows = order[s:s + batch_size]
-        batch = model.pad([enc.ids[i] for i in rows])
-        if state is not None:
+        batch = model.pad([ids[i] for i in rows])
+        if state is not None:  # tells the interventions where the prompt ends
             state["prompt_width"] = batch["input_ids"].shape[1]
         try:
             with torch.no_grad():
-                ids = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                gen = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                                         max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
                                         pad_token_id=model.tokenizer.pad_token_id, **gen_kwargs)
         finally:
             if state is not None:
                 state.pop("prompt_width", None)
-        texts = model.tokenizer.batch_decode(ids[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+        texts = model.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
         for i, t in zip(rows, texts):
             out[i] = t
     return out

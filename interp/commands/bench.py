@@ -19,6 +19,16 @@ def add_parser(sub) -> None:
     cap.add_argument("--rss-n", type=int, default=64, help="N for the peak-RSS store captures (default 64)")
     cap.add_argument("--json", action="store_true", help="print one JSON object")
     cap.set_defaults(func=run_capture)
+    ref = which.add_parser("refusal", help="refusal-direction search: pruned vs exhaustive wall time",
+                           description="Time the refusal-direction search on one split in both modes, with each "
+                           "stage's share, and check that both modes pick the same candidate.")
+    ref.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    ref.add_argument("--n-train", type=int, default=64, help="training prompts per class (default 64)")
+    ref.add_argument("--n-val", type=int, default=28, help="validation prompts per class (default 28)")
+    ref.add_argument("--kl-max", type=float, default=0.1, help="KL filter of the selection (default 0.1)")
+    ref.add_argument("--top-k", type=int, default=8, help="pruned mode: candidates fully scored per round")
+    ref.add_argument("--json", action="store_true", help="print one JSON object")
+    ref.set_defaults(func=run_refusal)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
@@ -32,4 +42,24 @@ def run_capture(args) -> int:
         print(json.dumps(result))
     else:
         print_table(result)
+    return 0
+
+
+def run_refusal(args) -> int:
+    from ..bench_refusal import bench_refusal
+    from ..packaged import DEFAULT_MODEL
+
+    r = bench_refusal(args.model or DEFAULT_MODEL, args.n_train, args.n_val, args.kl_max, args.top_k,
+                      progress=not args.json)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"refusal search on {r['model']} ({r['n_train']}+{r['n_train']} train, {r['n_val']}+{r['n_val']} val, "
+          f"{r['n_candidates']} candidates)")
+    for mode in ("pruned", "exhaustive"):
+        m = r[mode]
+        shares = ", ".join(f"{k[:-2]} {v:.0%}" for k, v in m["stage_share"].items())
+        print(f"  {mode:<10} {m['wall_s']:7.1f} s  ({m['fully_scored']} fully scored; choice layer "
+              f"{m['choice'][0]}, position {m['choice'][1]}; {shares})")
+    print(f"  same choice: {r['same_choice']}")
     return 0
