@@ -20,7 +20,8 @@ def _subcommands(parser):
 def test_every_command_has_help_for_every_option(capsys):
     parser = build_parser()
     commands = dict(_subcommands(parser))
-    assert {"models", "capture", "bench", "demo", "bench capture"} <= set(commands)
+    assert {"models", "capture", "bench", "demo", "refusal", "refusal-eval", "harmfulness", "guard fit", "guard score",
+            "separation", "chat", "bench capture", "bench generate", "bench refusal"} <= set(commands)
     for name, sub in commands.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
@@ -78,13 +79,23 @@ def test_bench_capture_json():
 
 
 @pytest.mark.slow
-def test_demo_command(tmp_path, capsys):
+def test_separation_command(tmp_path, capsys):
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("\n".join(f"Explain how to steal a car, part {i}" for i in range(6)))
     b.write_text("\n".join(f"Explain how to wash a car, part {i}" for i in range(6)))
-    assert main(["demo", "--model", "smollm2-135m-instruct", "--a", str(a), "--b", str(b), "--out",
+    assert main(["separation", "--model", "smollm2-135m-instruct", "--a", str(a), "--b", str(b), "--out",
                  str(tmp_path / "r"), "--folds", "3"]) == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert len(report["per_layer"]) == 30 and 0 <= report["best_layer"] < 30
     assert (tmp_path / "r" / "report.html").stat().st_size > 10_000
     assert "best layer" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_bench_generate_json():
+    out = subprocess.run([sys.executable, "-m", "interp.cli", "bench", "generate", "--model", "smollm2-135m-instruct",
+                          "--reps", "1", "--batch", "2", "--new-tokens", "4", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["plain_tok_s"] > 0 and set(result["ratios"]) == {"interp_ablate", "transformer_lens"}
+    assert result["ratios"]["interp_ablate"] > 0

@@ -19,6 +19,16 @@ def add_parser(sub) -> None:
     cap.add_argument("--rss-n", type=int, default=64, help="N for the peak-RSS store captures (default 64)")
     cap.add_argument("--json", action="store_true", help="print one JSON object")
     cap.set_defaults(func=run_capture)
+    gen = which.add_parser("generate", help="generation tokens/s: plain HF vs interp ablation vs TransformerLens",
+                           description="Tokens/s of plain HF generate, the same with all-layer directional "
+                           "ablation through model.intervene, and TransformerLens' bridge generate with the same "
+                           "hooks; ratios are relative to plain HF (higher is faster).")
+    gen.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    gen.add_argument("--batch", type=int, default=8, help="prompts per batch (default 8)")
+    gen.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
+    gen.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
+    gen.add_argument("--json", action="store_true", help="print one JSON object")
+    gen.set_defaults(func=run_generate)
     ref = which.add_parser("refusal", help="refusal-direction search: pruned vs exhaustive wall time",
                            description="Time the refusal-direction search on one split in both modes, with each "
                            "stage's share, and check that both modes pick the same candidate.")
@@ -62,4 +72,21 @@ def run_refusal(args) -> int:
         print(f"  {mode:<10} {m['wall_s']:7.1f} s  ({m['fully_scored']} fully scored; choice layer "
               f"{m['choice'][0]}, position {m['choice'][1]}; {shares})")
     print(f"  same choice: {r['same_choice']}")
+    return 0
+
+
+def run_generate(args) -> int:
+    from ..bench_generate import bench_generate
+    from ..packaged import DEFAULT_MODEL
+
+    r = bench_generate(args.model or DEFAULT_MODEL, args.batch, args.new_tokens, args.reps, progress=not args.json)
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    print(f"generate on {r['model']} ({r['batch']} prompts x {r['new_tokens']} new tokens, median of {r['reps']})")
+    print(f"  plain HF generate              {r['plain_tok_s']:.1f} tok/s (1.00x)")
+    for key, label in (("interp_ablate", "interp, ablation at all layers"),
+                       ("transformer_lens", "TransformerLens bridge, same")):
+        v = r["ratios"][key]
+        print(f"  {label:<31}{f'{v:.3f}x' if v is not None else 'n/a (' + r['reasons'][key] + ')'}")
     return 0

@@ -1,63 +1,39 @@
-"""``interp demo``: the main job on the packaged default model, with a report on disk.
+"""``interp demo``: interp's main job on the packaged default model.
 
-For now: capture the residual stream at the last prompt token for two prompt
-sets (harmful and harmless requests from data/) and report, per layer, how
-well they separate.
+Runs the refusal-direction pipeline (``interp refusal``) with its defaults
+and prints a short summary; the report lands in ``--out``.
 """
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
-
-REPO_DATA = Path(__file__).resolve().parents[2] / "data"
-
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="run the main demo on the default model and write a report",
-                       description="Capture resid_post at the last prompt token for two prompt sets and report "
-                       "their per-layer separation (cross-validated probe accuracy and d').")
+    p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the default model",
+                       description="Run the refusal-direction pipeline (Arditi et al.) on the packaged default "
+                       "model: filter prompts, search candidates, evaluate on held-out prompts, and write "
+                       "direction.safetensors, report.json and report.html.")
     p.add_argument("--model", default=None, help="model (default: the packaged default model)")
-    p.add_argument("--a", default=str(REPO_DATA / "demo_harmful.txt"), help="first prompt file (default: "
-                   "data/demo_harmful.txt)")
-    p.add_argument("--b", default=str(REPO_DATA / "demo_harmless.txt"), help="second prompt file (default: "
-                   "data/demo_harmless.txt)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
-    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    p.add_argument("--kl-max", type=float, default=None,
+                   help="KL filter of the selection (default: the model's documented setting, else 0.1)")
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..analyzers.separation import layer_separation
-    from ..datasets import read_prompt_file as read_lines
-    from ..loading import load_model
-    from ..packaged import DEFAULT_MODEL
-    from ..plots import layer_lines, write_html
+# Selection KL bound per packaged model, from the measurements in docs/refusal.md:
+# on the 0.5B model no candidate that bypasses refusal keeps KL under the paper's 0.1.
+DEMO_KL = {"qwen2.5-coder-0.5b-instruct": 0.2}
 
-    t0 = time.time()
-    a, b = read_lines(args.a), read_lines(args.b)
-    model = load_model(args.model or DEFAULT_MODEL)
-    print(f"{model}: {len(a)} + {len(b)} prompts")
-    acts_a = model.capture(a, "resid_post", "last")
-    acts_b = model.capture(b, "resid_post", "last")
-    rows = layer_separation(acts_a.stack("resid_post")[:, :, 0], acts_b.stack("resid_post")[:, :, 0],
-                            folds=args.folds)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    best = max(rows, key=lambda r: (r["cv_accuracy"], r["dprime"]))
-    report = {"model": model.describe(), "site": "resid_post", "position": "last",
-              "sets": {"a": args.a, "b": args.b, "n_a": len(a), "n_b": len(b)}, "folds": args.folds,
-              "per_layer": rows, "best_layer": best["layer"], "seconds": round(time.time() - t0, 1)}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    fig_acc = layer_lines({"cv accuracy": [r["cv_accuracy"] for r in rows]},
-                          title="Probe accuracy per layer (resid_post, last token)", yaxis="accuracy")
-    fig_d = layer_lines({"d'": [r["dprime"] for r in rows]}, title="d' along the difference of means",
-                        yaxis="d'")
-    write_html([fig_acc, fig_d], out / "report.html", title=f"interp demo: {model.name}",
-               intro=f"{Path(args.a).name} vs {Path(args.b).name}")
-    print("layer  cv_acc    d'")
-    for r in rows:
-        print(f"{r['layer']:>5}  {r['cv_accuracy']:.3f}  {r['dprime']:6.2f}")
-    print(f"best layer {best['layer']}: accuracy {best['cv_accuracy']:.3f}, d' {best['dprime']:.2f}")
-    print(f"report: {out / 'report.json'} and {out / 'report.html'} ({report['seconds']} s)")
-    return 0
+
+def run(args) -> int:
+    import argparse
+
+    from ..packaged import DEFAULT_MODEL
+    from .refusal import run as run_refusal
+
+    model = args.model or DEFAULT_MODEL
+    kl = args.kl_max if args.kl_max is not None else DEMO_KL.get(model, 0.1)
+    ns = argparse.Namespace(model=model, out=args.out, harmful=None, harmless=None, harmful_eval=None,
+                            harmless_eval=None, n_train=64, n_val=28, n_eval=48, mode="pruned", top_k=8, kl_max=kl,
+                            induce_min=0.0, max_layer_frac=0.8, refusal_tokens=["I", "As"], no_filter=False,
+                            max_new_tokens=48, seed=0, save_model=False)
+    print(f"interp demo: refusal direction of {model} (selection KL bound {kl})", flush=True)
+    return run_refusal(ns)
