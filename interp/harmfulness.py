@@ -201,7 +201,7 @@ def wrap_in_jailbreaks(model, prompts: Sequence[str], templates: Sequence[str], 
 
 
 def run_harmfulness(model, out_dir: str | Path | None = None, n_fit: int = 100, n_test: int = 60,
-                    n_jailbreak: int = 40, n_inversion: int = 24, layers_for_inversion: Sequence[int] | None = None,
+                    n_jailbreak: int = 40, n_inversion: int = 24, n_dangerous: int | None = None, layers_for_inversion: Sequence[int] | None = None,
                     alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), seed: int = 0, max_new_tokens: int = 32,
                     max_jailbreak_tokens: int = 700, progress: bool = True) -> dict:
     """The whole experiment; writes report.json, report.html and guard.safetensors to ``out_dir``."""
@@ -210,7 +210,7 @@ def run_harmfulness(model, out_dir: str | Path | None = None, n_fit: int = 100, 
     t0 = time.time()
     rng = random.Random(seed)
     harmful, harmless = datasets.harmful_instructions(), datasets.harmless_instructions()
-    dangerous = datasets.dangerous_sounding_harmless()
+    dangerous = datasets.dangerous_sounding_harmless()[:n_dangerous]
     rng.shuffle(harmful)
     rng.shuffle(harmless)
     if len(harmless) < n_fit + n_test:
