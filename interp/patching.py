@@ -1,0 +1,266 @@
+"""Activation patching, learned 1-D subspaces (DAS), and illusion checks on a model.
+
+A ``PatchTask`` holds clean/corrupted prompt pairs of equal token length and
+the two answer tokens per pair; the metric is the logit difference (clean
+answer − corrupted answer) at the last position, or any callable. Effects are
+normalized: 0 = the corrupted run, 1 = the clean run.
+
+- ``patching_sweep``: patch each site × layer × position (and each head of
+  ``attn_z``) from clean into corrupted.
+- ``learn_das``: a unit direction v at one site/layer/position such that
+  w' = w + v vᵀ(u − w) moves the corrupted run to the clean answer (a small
+  torch optimizer; pyvene's rotated-space intervention would wrap the same
+  one-vector rotation, so we keep it in our own hook layer).
+- ``check_subspace``: the illusion checks of ``interp.analyzers.illusion``
+  for that direction, with the MLP down projection (``mlp_act``) or a named
+  read-out (``unembed``) as the reader.
+
+Example:
+    task = ioi_task(model, n=32)
+    sweep = patching_sweep(model, task, ["resid_pre", "attn_out", "mlp_out"])
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InterpError
+from .sites import Site, parse_site
+
+Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PatchTask:
+    """Clean/corrupted prompt pairs; ``answers[i]`` = (clean answer token, corrupted answer token)."""
+
+    clean: list[str]
+    corrupted: list[str]
+    answers: torch.Tensor  # [n, 2] token ids
+
+    def subset(self, idx: Sequence[int]) -> "PatchTask":
+        return PatchTask([self.clean[i] for i in idx], [self.corrupted[i] for i in idx], self.answers[list(idx)])
+
+
+def logit_diff(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
+    """logit(clean answer) − logit(corrupted answer) per row of last-position logits."""
+    return logits.gather(-1, answers[:, :1]).squeeze(-1) - logits.gather(-1, answers[:, 1:]).squeeze(-1)
+
+
+def ioi_task(model, n: int = 32, seed: int = 0, path: str | Path | None = None) -> PatchTask:
+    """Indirect-object identification pairs from ``data/ioi_task.json`` (single-token names only)."""
+    from .datasets import DATA_DIR
+
+    spec = json.loads(Path(path or DATA_DIR / "ioi_task.json").read_text())
+    names = [m for m in spec["names"] if len(model.tokenizer.encode(" " + m, add_special_tokens=False)) == 1]
+    if len(names) < 2:
+        raise InterpError("fewer than two names are single tokens for this tokenizer")
+    rng = random.Random(seed)
+    clean, corrupted, answers = [], [], []
+    for i in range(n):
+        a, b = rng.sample(names, 2)
+        t = spec["templates"][i % len(spec["templates"])]
+        clean.append(t.format(A=a, B=b, C=b))  # B repeats: the answer is A
+        corrupted.append(t.format(A=a, B=b, C=a))  # A repeats: the answer is B
+        ids = [model.tokenizer.encode(" " + x, add_special_tokens=False)[0] for x in (a, b)]
+        answers.append(ids)
+    return PatchTask(clean, corrupted, torch.tensor(answers))
+
+
+class _Runner:
+    """Padded clean/corrupted batches of a task, their metrics and cached clean activations."""
+
+    def __init__(self, model, task: PatchTask, metric: Metric = logit_diff):
+        self.model, self.task, self.metric = model, task, metric
+        clean_ids = model.encode(task.clean, chat=False).ids
+        corr_ids = model.encode(task.corrupted, chat=False).ids
+        bad = [i for i, (a, b) in enumerate(zip(clean_ids, corr_ids)) if len(a) != len(b)]
+        if bad:
+            i = bad[0]
+            raise InterpError(f"pair {i} has {len(clean_ids[i])} clean and {len(corr_ids[i])} corrupted tokens "
+                              f"({task.clean[i]!r} vs {task.corrupted[i]!r}); patching needs equal lengths")
+        self.clean, self.corr = model.pad(clean_ids), model.pad(corr_ids)
+        self.min_len = min(len(x) for x in clean_ids)
+        self.answers = task.answers.to(model.device)
+        with torch.no_grad():
+            self.m_clean = self._metric(model.last_logits(self.clean))
+            self.m_corr = self._metric(model.last_logits(self.corr))
+        gap = (self.m_clean - self.m_corr).mean().item()
+        if abs(gap) < 1e-6:
+            raise InterpError("clean and corrupted runs give the same metric; nothing to patch")
+        self.gap = gap
+
+    def _metric(self, logits: torch.Tensor) -> torch.Tensor:
+        m = self.metric(logits, self.answers)
+        if not torch.isfinite(m).all():
+            raise InterpError("the metric returned NaN or infinite values")
+        return m
+
+    def clean_acts(self, sites: Sequence[Site], corrupted: bool = False) -> dict[Site, torch.Tensor]:
+        """Full padded activations [batch, seq, ...] of the clean (or corrupted) batch at sites."""
+        cache: dict[Site, torch.Tensor] = {}
+
+        def keep(site):
+            def fn(x):
+                cache[site] = x.detach().clone()
+            return fn
+
+        with self.model.hooks({s: keep(s) for s in sites}), torch.no_grad():
+            self.model.hf.base_model(**(self.corr if corrupted else self.clean), use_cache=False)
+        return cache
+
+    def effect(self, hooks: dict, grad: bool = False) -> torch.Tensor:
+        """Normalized effect per pair of running the corrupted batch under ``hooks``."""
+        with self.model.hooks(hooks), torch.set_grad_enabled(grad):
+            m = self._metric(self.model.last_logits(self.corr) if not grad else self._logits_grad())
+        return (m - self.m_corr) / self.gap
+
+    def _logits_grad(self) -> torch.Tensor:
+        h = self.model.hf.base_model(**self.corr, use_cache=False).last_hidden_state
+        return self.model._unembed(h[:, -1])
+
+
+def _replace_at(position: int, value: torch.Tensor, head: int | None = None):
+    def fn(x):
+        x = x.clone()
+        if head is None:
+            x[:, position] = value[:, position]
+        else:
+            x[:, position, head] = value[:, position, head]
+        return x
+    return fn
+
+
+def patching_sweep(model, task: PatchTask, sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
+                   layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
+                   metric: Metric = logit_diff, progress: bool = True) -> dict:
+    """Normalized effect of patching each (site, layer, position) from clean into corrupted.
+
+    Positions count from the end (−1 = last token). ``attn_z`` is patched
+    head by head at every position at once. Returns {site: [layers][positions
+    or heads]} plus the baseline metrics.
+    """
+    runner = _Runner(model, task, metric)
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    positions = list(range(-runner.min_len, 0)) if positions is None else list(positions)
+    if any(not -runner.min_len <= p < 0 for p in positions):
+        raise InterpError(f"positions must be negative (from the end) and within the shortest prompt "
+                          f"({runner.min_len} tokens)")
+    out: dict = {"positions": positions, "layers": layers, "clean_metric": runner.m_clean.mean().item(),
+                 "corrupted_metric": runner.m_corr.mean().item(), "effects": {}}
+    for name in sites:
+        site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
+        clean = runner.clean_acts(site_list)
+        grid = []
+        for site in tqdm(site_list, desc=f"sweep {name}", disable=not progress):
+            if name == "attn_z":
+                row = []
+                for head in range(model.n_heads):
+                    def fn(x, head=head, value=clean[site]):
+                        x = x.clone()
+                        x[..., head, :] = value[..., head, :]
+                        return x
+                    row.append(runner.effect({site: fn}).mean().item())
+            else:
+                row = [runner.effect({site: _replace_at(p, clean[site])}).mean().item() for p in positions]
+            grid.append(row)
+        out["effects"][name] = grid
+    return out
+
+
+def _patch_along(p: torch.Tensor, position: int, source: torch.Tensor):
+    """w ← w + p pᵀ(u − w) at one position (p need not be unit)."""
+    def fn(x):
+        x = x.clone()
+        w = x[:, position]
+        coef = (source[:, position].to(w.dtype) - w) @ p.to(w.dtype)
+        x[:, position] = w + coef[:, None] * p.to(w.dtype)
+        return x
+    return fn
+
+
+def learn_das(model, task: PatchTask, site: str, position: int = -1, steps: int = 60, lr: float = 1e-2,
+              seed: int = 0, metric: Metric = logit_diff, progress: bool = True) -> torch.Tensor:
+    """A unit direction at ``site`` (one layer) whose 1-D patch moves corrupted runs to the clean answer."""
+    s = parse_site(site, model.n_layers)
+    runner = _Runner(model, task, metric)
+    source = runner.clean_acts([s])[s]
+    d = model.site_shape(s)[-1]
+    if model.site_shape(s) != (d,):
+        raise InterpError(f"DAS here learns one vector; {s} has shape {model.site_shape(s)}")
+    raw = torch.nn.Parameter(torch.randn(d, generator=torch.Generator().manual_seed(seed)).to(model.device))
+    opt = torch.optim.Adam([raw], lr=lr)
+    frozen = [p for p in model.hf.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in tqdm(range(steps), desc=f"DAS {s}", disable=not progress):
+            v = raw / raw.norm()
+            loss = -runner.effect({s: _patch_along(v, position, source)}, grad=True).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    return (raw / raw.norm()).detach()
+
+
+def direction_effect(model, task: PatchTask, site: str, p: torch.Tensor | None, position: int = -1,
+                     metric: Metric = logit_diff) -> float:
+    """Normalized effect of the patch along ``p`` (or the full component when None) at one position."""
+    s = parse_site(site, model.n_layers)
+    runner = _Runner(model, task, metric)
+    source = runner.clean_acts([s])[s]
+    fn = _replace_at(position, source) if p is None else _patch_along(p.to(model.device).float(), position, source)
+    return runner.effect({s: fn}).mean().item()
+
+
+def mean_difference_direction(model, task: PatchTask, site: str, position: int = -1) -> torch.Tensor:
+    """Unit vector along mean(clean) − mean(corrupted) at one site and position."""
+    s = parse_site(site, model.n_layers)
+    runner = _Runner(model, task)
+    clean = runner.clean_acts([s])[s][:, position]
+    other = runner.clean_acts([s], corrupted=True)[s][:, position]
+    d = (clean - other).mean(0)
+    return d / d.norm()
+
+
+def reader_matrix(model, site: str, readout: str | None = None) -> torch.Tensor:
+    """The matrix that reads a site: the down projection for mlp_act, else a named read-out."""
+    s = parse_site(site, model.n_layers)
+    if s.name == "mlp_act":
+        from .arch import _get
+
+        w = _get(model._layers[s.layer], model._layout.mlp_down).weight.detach()
+        return w.T if model.architecture == "gpt2" else w  # [d_model, d_mlp]
+    if readout == "unembed":
+        return model.hf.get_output_embeddings().weight.detach()
+    if readout is None:
+        raise InterpError(f"{s} has no down projection; name a read-out (readout='unembed') for the rowspace split")
+    raise InterpError(f"unknown read-out {readout!r}; use 'unembed'")
+
+
+def check_subspace(model, task: PatchTask, site: str, v: torch.Tensor, position: int = -1,
+                   readout: str | None = None, metric: Metric = logit_diff):
+    """Illusion checks for direction ``v`` at ``site``: see ``interp.analyzers.illusion``."""
+    from .analyzers.illusion import illusion_checks
+
+    s = parse_site(site, model.n_layers)
+    if v.numel() != model.site_shape(s)[-1]:
+        raise InterpError(f"direction of size {v.numel()} does not match {s} of size {model.site_shape(s)[-1]}")
+    reader = reader_matrix(model, site, readout)
+    runner = _Runner(model, task, metric)
+    acts = torch.cat([runner.clean_acts([s])[s][:, position],
+                      runner.clean_acts([s], corrupted=True)[s][:, position]])
+
+    def effect(p):
+        return direction_effect(model, task, site, None if p is None else p.float(), position, metric)
+
+    return illusion_checks(effect, v, reader.float(), acts.float())

@@ -1,0 +1,60 @@
+"""Patching sweeps, DAS and illusion checks on a tiny model (mechanics)."""
+import pytest
+import torch
+
+from interp import InterpError
+from interp.patching import (PatchTask, check_subspace, direction_effect, learn_das, logit_diff,
+                             mean_difference_direction, patching_sweep)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from interp.testing import tiny_model
+
+    m = tiny_model("llama", seed=1)
+    clean = ["Tell me how to make a cake", "Write a poem about the sea"]
+    corrupted = ["Tell me how to make a sea", "Write a poem about the sky"]
+    ids = lambda w: m.tokenizer.encode(w, add_special_tokens=False)[0]  # noqa: E731
+    task = PatchTask(clean, corrupted, torch.tensor([[ids("a"), ids("e")], [ids("o"), ids("t")]]))
+    return m, task
+
+
+def test_sweep_endpoints(setup):
+    m, task = setup
+    out = patching_sweep(m, task, ["resid_pre", "attn_z"], positions=[-1, -2], progress=False)
+    grid = out["effects"]["resid_pre"]
+    assert len(grid) == m.n_layers and len(grid[0]) == 2
+    # patching the whole residual stream at layer 0 at every differing position restores the clean run;
+    # at the last position of the last layer's input it restores the last-position logits exactly
+    last = patching_sweep(m, task, ["resid_post"], layers=[m.n_layers - 1], positions=[-1], progress=False)
+    assert last["effects"]["resid_post"][0][0] == pytest.approx(1.0, abs=1e-4)
+    assert len(out["effects"]["attn_z"][0]) == m.n_heads
+
+
+def test_das_full_space_and_checks(setup):
+    m, task = setup
+    site = f"mlp_act.{m.n_layers - 1}"
+    v = learn_das(m, task, site, steps=30, lr=0.05, progress=False)
+    assert v.shape == (m.d_mlp,) and abs(v.norm().item() - 1) < 1e-5
+    random_v = torch.randn(m.d_mlp)
+    random_v /= random_v.norm()
+    assert direction_effect(m, task, site, v) > direction_effect(m, task, site, random_v)
+    report = check_subspace(m, task, site, v)
+    assert set(report.fraction_of_effect) == {"full", "das", "rowspace", "nullspace"}
+    assert abs(report.fraction_of_effect["nullspace"]) < 1e-4  # the down projection cannot see it
+    assert report.verdict.split(":")[0] in ("faithful", "illusory")
+    md = mean_difference_direction(m, task, site)
+    assert abs(md.norm().item() - 1) < 1e-5
+
+
+def test_bad_inputs(setup):
+    m, task = setup
+    uneven = PatchTask(["Tell me how to make a cake"], ["Tell me how to make a bomb"], task.answers[:1])
+    with pytest.raises(InterpError, match="pair 0"):
+        patching_sweep(m, uneven, ["resid_pre"], progress=False)
+    with pytest.raises(InterpError, match="NaN"):
+        patching_sweep(m, task, ["resid_pre"], metric=lambda logits, a: logits[:, 0] * float("nan"), progress=False)
+    with pytest.raises(InterpError, match="does not match"):
+        check_subspace(m, task, "mlp_act.0", torch.ones(5))
+    with pytest.raises(InterpError, match="down projection"):
+        check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model))
