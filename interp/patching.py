@@ -264,3 +264,69 @@ def check_subspace(model, task: PatchTask, site: str, v: torch.Tensor, position:
         return direction_effect(model, task, site, None if p is None else p.float(), position, metric)
 
     return illusion_checks(effect, v, reader.float(), acts.float())
+
+
+def run_patching(model, task: PatchTask, out_dir: str | Path | None = None, positions: Sequence[int] = (-1, -2, -3, -4),
+                 mlp_layer: int | None = None, resid_layer: int | None = None, das_steps: int = 60,
+                 seed: int = 0, progress: bool = True) -> dict:
+    """Sweep, then DAS in an MLP hidden layer and in the residual stream at the last position, with checks.
+
+    Unless given, the MLP layer is the one whose ``mlp_out`` patch at the last
+    position matters most, and the residual layer the one whose
+    ``resid_pre`` patch there matters most. DAS trains on half the pairs;
+    every fraction of effect is measured on the other half.
+    """
+    n = len(task.clean)
+    if n < 4:
+        raise InterpError(f"need at least 4 prompt pairs (half to train DAS, half to test), got {n}")
+    sweep = patching_sweep(model, task, ("resid_pre", "attn_out", "mlp_out"), positions=positions, progress=progress)
+    last = sweep["positions"].index(-1) if -1 in sweep["positions"] else 0
+    mlp_layer = mlp_layer if mlp_layer is not None else \
+        max(range(model.n_layers), key=lambda i: sweep["effects"]["mlp_out"][i][last])
+    resid_layer = resid_layer if resid_layer is not None else \
+        max(range(1, model.n_layers), key=lambda i: sweep["effects"]["resid_pre"][i][last])
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    train, test = task.subset(order[: n // 2]), task.subset(order[n // 2:])
+    results = {}
+    for key, site, readout in (("mlp", f"mlp_act.{mlp_layer}", None), ("resid", f"resid_pre.{resid_layer}", "unembed")):
+        v = learn_das(model, train, site, -1, steps=das_steps, seed=seed, progress=progress)
+        report = check_subspace(model, test, site, v, -1, readout)
+        md = mean_difference_direction(model, train, site)
+        results[key] = {"site": site, "reader": "down projection" if readout is None else readout,
+                        **report.to_dict(),
+                        "mean_difference_effect": direction_effect(model, test, site, md),
+                        "cos_das_mean_difference": float(torch.nn.functional.cosine_similarity(
+                            v.double(), md.double().to(v.device), dim=0))}
+    report = {"model": model.describe(), "n_pairs": n, "sweep": sweep, "subspaces": results,
+              "fraction_of_effect": results["mlp"]["fraction_of_effect"], "verdict": results["mlp"]["verdict"]}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        _write_html(report, out / "report.html")
+    return report
+
+
+def _write_html(report: dict, path: Path) -> None:
+    import plotly.graph_objects as go
+
+    from .plots import write_html
+
+    figs = []
+    sweep = report["sweep"]
+    for name, grid in sweep["effects"].items():
+        fig = go.Figure(go.Heatmap(z=grid, x=[str(p) for p in sweep["positions"]], y=sweep["layers"],
+                                   colorscale="RdBu", zmid=0, colorbar={"title": "effect"}))
+        fig.update_layout(title=f"patching {name} from clean into corrupted (1 = clean behaviour)",
+                          xaxis_title="position (from the end)", yaxis_title="layer", template="plotly_white")
+        figs.append(fig)
+    bars = go.Figure()
+    for key, r in report["subspaces"].items():
+        f = r["fraction_of_effect"]
+        bars.add_trace(go.Bar(name=r["site"], x=list(f), y=list(f.values())))
+    bars.update_layout(title="fraction of effect: full component, DAS direction, its rowspace and nullspace parts",
+                       barmode="group", template="plotly_white")
+    figs.append(bars)
+    intro = " | ".join(f"{r['site']}: {r['verdict']}" for r in report["subspaces"].values())
+    write_html(figs, path, title=f"Patching and illusion checks: {report['model']['model']}", intro=intro)

@@ -58,3 +58,18 @@ def test_bad_inputs(setup):
         check_subspace(m, task, "mlp_act.0", torch.ones(5))
     with pytest.raises(InterpError, match="down projection"):
         check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model))
+
+
+def test_run_patching_report(setup, tmp_path):
+    import json
+
+    from interp.patching import run_patching
+
+    m, task = setup
+    bigger = PatchTask(task.clean * 2, task.corrupted * 2, torch.cat([task.answers, task.answers]))
+    r = run_patching(m, bigger, tmp_path, positions=(-1,), das_steps=3, progress=False)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    assert set(saved["fraction_of_effect"]) == {"full", "das", "rowspace", "nullspace"}
+    assert saved["verdict"] == r["verdict"] and (tmp_path / "report.html").exists()
+    with pytest.raises(InterpError, match="at least 4"):
+        run_patching(m, task, progress=False)

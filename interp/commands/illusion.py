@@ -16,6 +16,20 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the checks as one JSON object")
     p.set_defaults(func=run)
 
+    q = sub.add_parser("patch", help="activation patching sweep, DAS and illusion checks on a task",
+                       description="Patch clean activations into corrupted runs at every site x layer x position, "
+                       "learn 1-D DAS directions in an MLP hidden layer and in the residual stream, and run the "
+                       "illusion checks on them. Writes report.json and report.html.")
+    q.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
+    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--pairs", type=int, default=32, help="clean/corrupted pairs (default 32)")
+    q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: largest mlp_out effect)")
+    q.add_argument("--resid-layer", type=int, default=None, help="layer for the residual DAS (default: largest effect)")
+    q.add_argument("--das-steps", type=int, default=60, help="optimizer steps for DAS (default 60)")
+    q.add_argument("--seed", type=int, default=0, help="seed for names and the DAS start (default 0)")
+    q.set_defaults(func=run_patch)
+
 
 def run(args) -> int:
     import torch
@@ -29,4 +43,22 @@ def run(args) -> int:
     v = torch.tensor(args.direction, dtype=torch.float64) if args.direction else None
     report = ToyIllusion().checks(v).to_dict()
     print(json.dumps(report) if args.json else f"{report['verdict']}\n{json.dumps(report, indent=1)}")
+    return 0
+
+
+def run_patch(args) -> int:
+    from ..loading import load_model
+    from ..patching import ioi_task, run_patching
+
+    model = load_model(args.model)
+    task = ioi_task(model, n=args.pairs, seed=args.seed, path=args.task)
+    r = run_patching(model, task, args.out, mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
+                     das_steps=args.das_steps, seed=args.seed)
+    print(f"clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
+    for key, s in r["subspaces"].items():
+        f = s["fraction_of_effect"]
+        print(f"{s['site']}: full {f['full']:.3f}, DAS {f['das']:.3f}, rowspace {f['rowspace']:.3f}, "
+              f"nullspace {f['nullspace']:.3f}")
+        print(f"  {s['verdict']}")
+    print(f"wrote {args.out}/report.json and report.html")
     return 0
