@@ -17,7 +17,7 @@ Example:
     >>> import torch
     >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
     >>> round(refusal_metric(logits, [0]).item(), 3)   # p = e^2 / (e^2 + 2)
-    1.306
+    1.307
 """
 from __future__ import annotations
 
