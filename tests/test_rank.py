@@ -1,0 +1,66 @@
+"""EffectiveRank and the active-subspace SAE initialization."""
+import pytest
+import torch
+
+from interp import InterpError
+from interp.analyzers.rank import EffectiveRank, active_subspace_init, apply_to_sae, k_for_threshold
+
+
+def test_k_for_threshold():
+    assert k_for_threshold(torch.tensor([5.0, 4.0, 1.0]), 0.9) == 2
+    assert k_for_threshold(torch.tensor([1.0, 1.0, 1.0, 1.0]), 0.99) == 4
+    assert k_for_threshold(torch.tensor([1.0, 0.0]), 0.99) == 1
+
+
+def test_rank_of_low_rank_data_and_ci():
+    g = torch.Generator().manual_seed(0)
+    low = torch.randn(3000, 8, generator=g) @ torch.randn(8, 32, generator=g)
+    est = EffectiveRank(n_bootstrap=20).fit(low + 0.001 * torch.randn(3000, 32, generator=g))
+    assert est.k_ <= 8 and est.d_ == 32 and est.relative_k_ == est.k_ / 32
+    lo, hi = est.ci_
+    assert lo <= est.relative_k_ <= hi + 1e-9
+    full = EffectiveRank(n_bootstrap=0).fit(torch.randn(3000, 32, generator=g))
+    assert full.k_ >= 28
+
+
+def test_store_streaming_matches_in_memory(tmp_path, tiny_llama):
+    prompts = [f"Tell me fact number {i} about the sea and the sky." for i in range(12)]
+    store = tiny_llama.capture_to_store(prompts, tmp_path / "s", ["attn_out.1"], "all", shard_size=4, progress=False)
+    mem = store.load().tokens("attn_out.1")
+    a = EffectiveRank(n_bootstrap=0).fit(mem)
+    b = EffectiveRank(n_bootstrap=5).fit_store(store, "blocks.1.hook_attn_out")
+    assert a.k_ == b.k_
+    torch.testing.assert_close(a.eigenvalues_, b.eigenvalues_)
+    with pytest.raises(InterpError, match="not"):
+        EffectiveRank().fit_store(store, "mlp_out.1")
+
+
+def test_rank_bad_input():
+    with pytest.raises(InterpError, match="tokens for 16 dimensions"):
+        EffectiveRank().fit(torch.randn(10, 16))
+    bad = torch.randn(100, 4)
+    bad[3, 1] = float("nan")
+    with pytest.raises(InterpError, match="NaN"):
+        EffectiveRank().fit(bad)
+
+
+def test_active_subspace_init_and_sae():
+    from sae_lens import SAE, StandardSAEConfig
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 16, generator=g) + 3.0
+    init = active_subspace_init(x, d_sae=64, d_active=6)
+    assert init["W_dec"].shape == (64, 16) and init["W_enc"].shape == (16, 64)
+    torch.testing.assert_close(init["W_enc"], init["W_dec"].T)
+    torch.testing.assert_close(init["b_dec"], x.mean(0))
+    # every decoder row lies in the 6-dim principal subspace of the centered data
+    _, s, vh = torch.linalg.svd((x - x.mean(0)).double(), full_matrices=False)
+    p = vh[:6].float()
+    torch.testing.assert_close(init["W_dec"] @ p.T @ p, init["W_dec"], atol=1e-4, rtol=1e-4)
+    sae = SAE.from_dict(StandardSAEConfig(d_in=16, d_sae=64).to_dict())
+    apply_to_sae(sae, init)
+    torch.testing.assert_close(sae.W_dec.detach(), init["W_dec"])
+    with pytest.raises(InterpError, match="d_active"):
+        active_subspace_init(x, 64, 17)
+    with pytest.raises(InterpError, match="shape"):
+        apply_to_sae(sae, active_subspace_init(x, 32, 4))
