@@ -1,0 +1,102 @@
+"""English text that installs offline: documentation prose from PyPI source distributions.
+
+The rank and SAE work need running text, not prompts. Three source
+distributions on PyPI carry a lot of openly licensed English prose in their
+documentation: docutils (public domain dedication, ``docs/``), Sphinx
+(BSD-2-Clause, ``doc/``) and Django (BSD-3-Clause, ``docs/``). interp downloads the pinned sdists with ``pip
+download --no-deps --no-binary :all:`` into ``$INTERP_HOME/corpus``, checks
+their SHA-256, strips reStructuredText markup lines, and cuts paragraphs into
+passages. Provenance and licenses: ``data/README.md``.
+
+Example:
+    passages = text_corpus(max_passages=100)
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InterpError
+from .packaged import interp_home, sha256_file
+
+
+@dataclass(frozen=True)
+class Source:
+    package: str
+    version: str
+    sha256: str
+    prefix: str  # folder inside the sdist that holds the prose
+    license: str
+
+
+SOURCES = (
+    Source("docutils", "0.23", "746f5060322511280a1e50eb76846ed6bf2342984b2ac04dc42caa1a8d78799e", "docs/",
+           "public domain (docutils COPYING)"),
+    Source("sphinx", "9.0.4", "594ef59d042972abbc581d8baa577404abe4e6c3b04ef61bd7fc2acbd51f3fa3", "doc/",
+           "BSD-2-Clause"),
+    Source("django", "5.2.19", "ad03d8abc51dbff95ebf34b27123cf0c26a3b62db7ba0cd520783686362533d1", "docs/",
+           "BSD-3-Clause"),
+)
+_MARKUP = re.compile(r"^\s*(\.\. |:[\w -]+:|[=\-~^\"'`#*+<>_]{3,}\s*$|\|)")
+
+
+def _sdist(src: Source) -> Path:
+    folder = interp_home() / "corpus"
+    found = sorted(folder.glob(f"{src.package}-{src.version}.tar.gz"))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", "--dest",
+               str(folder), f"{src.package}=={src.version}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        found = sorted(folder.glob(f"{src.package}-{src.version}.tar.gz"))
+        if result.returncode != 0 or not found:
+            raise InterpError(f"could not download the {src.package} {src.version} sdist: {result.stderr[-400:]}")
+    digest = sha256_file(found[0])
+    if digest != src.sha256:
+        raise InterpError(f"{found[0]} has SHA-256 {digest}, expected {src.sha256}; delete it and run again")
+    return found[0]
+
+
+def _paragraphs(text: str) -> list[str]:
+    out = []
+    for block in re.split(r"\n\s*\n", text):
+        lines = [line.strip() for line in block.splitlines() if line.strip() and not _MARKUP.match(line)]
+        para = " ".join(lines)
+        para = re.sub(r":\w+:`([^`]*)`", r"\1", para).replace("``", "")
+        if len(para) > 80 and sum(c.isalpha() for c in para) > 0.6 * len(para):  # prose, not tables or code
+            out.append(para)
+    return out
+
+
+def text_corpus(max_passages: int | None = None, passage_chars: int = 1200) -> list[str]:
+    """Passages of English documentation prose (about ``passage_chars`` characters each)."""
+    passages: list[str] = []
+    for src in SOURCES:
+        with tarfile.open(_sdist(src)) as tar:
+            for member in sorted(tar.getmembers(), key=lambda m: m.name):
+                name = member.name.split("/", 1)[-1]
+                if not (member.isfile() and name.startswith(src.prefix) and name.endswith((".rst", ".txt"))):
+                    continue
+                text = tar.extractfile(member).read().decode("utf-8", errors="replace")
+                current = ""
+                for para in _paragraphs(text):
+                    current = f"{current} {para}".strip()
+                    if len(current) >= passage_chars:
+                        passages.append(current)
+                        current = ""
+                        if max_passages is not None and len(passages) >= max_passages:
+                            return passages
+                if len(current) > 200:
+                    passages.append(current)
+    return passages
+
+
+def completion_corpus(model, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
+    """The model's own greedy completions of prompts, as a second corpus."""
+    from .generation import generate
+
+    return [c for c in generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size) if c.strip()]
