@@ -8,20 +8,9 @@ KV cache on, one batch, fixed number of new tokens (EOS ignored), median of
 """
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
-
-def _median(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+from .bench_capture import _median_time as _median
 
 
 def bench_generate(model_name: str, batch: int = 8, new_tokens: int = 32, reps: int = 3, seed: int = 0,
