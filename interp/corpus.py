@@ -6,10 +6,13 @@ documentation: docutils (public domain dedication, ``docs/``), Sphinx
 (BSD-2-Clause, ``doc/``) and Django (BSD-3-Clause, ``docs/``). interp downloads the pinned sdists with ``pip
 download --no-deps --no-binary :all:`` into ``$INTERP_HOME/corpus``, checks
 their SHA-256, strips reStructuredText markup lines, and cuts paragraphs into
-passages. Provenance and licenses: ``data/README.md``.
+passages (about 1.2M SmolLM2 tokens in all). Provenance and licenses:
+``docs/rank_and_sae.md``. The model's own greedy completions
+(``completion_corpus``) are a second corpus.
 
 Example:
     passages = text_corpus(max_passages=100)
+    texts = passages_for(model.tokenizer, n_passages=200, max_tokens=128)
 """
 from __future__ import annotations
 
@@ -95,8 +98,43 @@ def text_corpus(max_passages: int | None = None, passage_chars: int = 1200) -> l
     return passages
 
 
-def completion_corpus(model, prompts: list[str], max_new_tokens: int = 128, batch_size: int = 8) -> list[str]:
-    """The model's own greedy completions of prompts, as a second corpus."""
+def passages_for(tokenizer, n_passages: int | None = None, max_tokens: int = 128, offset: int = 0) -> list[str]:
+    """``n_passages`` corpus passages from ``offset`` on, each cut to its first ``max_tokens`` tokens.
+
+    ``offset`` gives disjoint held-out passages (train on 0..n, evaluate on n..).
+    """
+    stop = None if n_passages is None else offset + n_passages
+    texts = text_corpus(max_passages=stop)[offset:stop]
+    if n_passages is not None and len(texts) < n_passages:
+        raise InterpError(f"the corpus has only {len(texts) + offset} passages; ask for fewer")
+    out = []
+    for t in texts:
+        ids = tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens]
+        out.append(tokenizer.decode(ids))
+    return out
+
+
+def count_tokens(tokenizer, texts: list[str]) -> int:
+    """Total tokens of ``texts`` under ``tokenizer`` (no special tokens)."""
+    return sum(len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"])
+
+
+COMPLETION_PROMPTS = (
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works to a child.",
+    "Describe a walk through a city market in the morning.",
+    "What are the causes of ocean tides?",
+    "Write a letter to a friend about a trip to the mountains.",
+    "Explain why the sky is blue.",
+    "Summarize the history of the printing press.",
+    "Describe how bread is made, step by step.",
+)
+
+
+def completion_corpus(model, prompts: list[str] | None = None, max_new_tokens: int = 128,
+                      batch_size: int = 8) -> list[str]:
+    """The model's own greedy chat completions of ``prompts`` (default: ``COMPLETION_PROMPTS``), a second corpus."""
     from .generation import generate
 
+    prompts = list(COMPLETION_PROMPTS if prompts is None else prompts)
     return [c for c in generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size) if c.strip()]

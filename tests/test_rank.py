@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from interp import InterpError
-from interp.analyzers.rank import EffectiveRank, active_subspace_init, apply_to_sae, k_for_threshold
+from interp.analyzers.rank import EffectiveRank, fit_store_sites, k_for_threshold
 
 
 def test_k_for_threshold():
@@ -44,26 +44,33 @@ def test_rank_bad_input():
         EffectiveRank().fit(bad)
 
 
-def test_active_subspace_init_and_sae():
-    from sae_lens import SAE, StandardSAEConfig
+def test_fit_store_sites_one_pass_matches_fit_store(tmp_path, tiny_llama):
+    prompts = [f"Passage {i}: the river ran past the mill and the miller sang." for i in range(10)]
+    store = tiny_llama.capture_to_store(prompts, tmp_path / "s", ["attn_out.0", "mlp_out.1"], "1:", chat=False,
+                                        shard_size=3, progress=False)
+    fits = fit_store_sites(store, n_bootstrap=4)
+    assert set(fits) == {"attn_out.0", "mlp_out.1"}
+    single = EffectiveRank(n_bootstrap=0).fit_store(store, "mlp_out.1")
+    assert fits["mlp_out.1"].k_ == single.k_ and fits["mlp_out.1"].n_tokens_ == store.n_tokens
+    with pytest.raises(InterpError, match="not resid_post.0"):
+        fit_store_sites(store, ["resid_post.0"])
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(500, 6, generator=g) @ torch.randn(6, 16, generator=g) + 3.0
-    init = active_subspace_init(x, d_sae=64, d_active=6)
-    assert init["W_dec"].shape == (64, 16) and init["W_enc"].shape == (16, 64)
-    torch.testing.assert_close(init["W_enc"], init["W_dec"].T)
-    torch.testing.assert_close(init["b_dec"], x.mean(0))
-    # every decoder row lies in the 6-dim principal subspace of the centered data
-    _, s, vh = torch.linalg.svd((x - x.mean(0)).double(), full_matrices=False)
-    p = vh[:6].float()
-    torch.testing.assert_close(init["W_dec"] @ p.T @ p, init["W_dec"], atol=1e-4, rtol=1e-4)
-    sae = SAE.from_dict(StandardSAEConfig(d_in=16, d_sae=64).to_dict())
-    apply_to_sae(sae, init)
-    torch.testing.assert_close(sae.W_dec.detach(), init["W_dec"])
-    with pytest.raises(InterpError, match="d_active"):
-        active_subspace_init(x, 64, 17)
-    with pytest.raises(InterpError, match="shape"):
-        apply_to_sae(sae, active_subspace_init(x, 32, 4))
+
+@pytest.mark.slow
+def test_rank_cli_on_smollm(tmp_path):
+    import json
+
+    from interp.cli import main
+
+    assert main(["rank", "smollm2-135m-instruct", "--out", str(tmp_path), "--layers", "2,5", "--passages", "24",
+                 "--max-tokens", "64", "--bootstrap", "5"]) == 0
+    r = json.loads((tmp_path / "report.json").read_text())
+    assert r["layers"] == [2, 5] and set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
+    assert r["n_tokens"] > 576  # more tokens than dimensions, else the estimate is refused
+    for name, rel in r["relative_k99"].items():
+        for v, (lo, hi) in zip(rel, r["ci"][name]):
+            assert 0 < v <= 1 and lo <= hi
+    assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
 def test_rank_per_layer_on_tiny(tiny_llama, tmp_path):

@@ -1,4 +1,4 @@
-"""Effective rank of activations, and the active-subspace initialization of SAEs (arXiv 2508.16929).
+"""Effective rank of activations (arXiv 2508.16929): attention outputs are low-rank.
 
 ``EffectiveRank``: on mean-centered activations, the smallest k whose top-k
 PCA eigenvalues explain at least ``threshold`` of the variance (k99 for the
@@ -6,9 +6,8 @@ default 0.99), the relative rank k/d, and a bootstrap confidence interval
 over token samples. It fits from an array or streams an ``ActivationStore``
 (float64 sums of x and xxᵀ, one shard in memory at a time).
 
-``active_subspace_init``: decoder rows are random vectors projected onto the
-top ``d_active`` principal directions of a mean-centered batch, the encoder
-is the decoder's transpose and the decoder bias the mean.
+The active-subspace SAE initialization that uses it lives in
+``interp.analyzers.sae_init``.
 
 Example:
     >>> import torch
@@ -132,40 +131,34 @@ class EffectiveRank:
         return self._finish(m, sample)
 
 
-def active_subspace_init(activations: torch.Tensor, d_sae: int, d_active: int, seed: int = 0) -> dict:
-    """Decoder [d_sae, d] with rows in the top-``d_active`` principal subspace, encoder = decoderᵀ, b_dec = mean.
 
-    Returns ``{"W_dec", "W_enc", "b_dec"}`` (SAELens' names and shapes: W_enc
-    [d, d_sae], W_dec [d_sae, d]); ``apply_to_sae`` copies them into a SAELens
-    SAE.
+def fit_store_sites(store, sites=None, threshold: float = 0.99, n_bootstrap: int = 50,
+                    max_bootstrap_tokens: int = 4000, seed: int = 0, progress: bool = False) -> dict:
+    """``{site: fitted EffectiveRank}`` for many sites of a store in one pass over its shards.
+
+    Example:
+        ranks = fit_store_sites(ActivationStore("acts/"), ["attn_out.3", "mlp_out.3"])
+        ranks["attn_out.3"].relative_k_
     """
-    x = torch.as_tensor(activations).double()
-    if x.dim() != 2:
-        raise InterpError(f"activations must be [tokens, d], got shape {tuple(x.shape)}")
-    if not torch.isfinite(x).all():
-        raise InterpError("activations contain NaN or infinite values")
-    d = x.shape[1]
-    if not 1 <= d_active <= d:
-        raise InterpError(f"d_active must be between 1 and d = {d}, got {d_active}")
-    if x.shape[0] < d_active:
-        raise InterpError(f"need at least d_active = {d_active} tokens, got {x.shape[0]}")
-    mean = x.mean(0)
-    _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)
-    p = vh[:d_active]  # [d_active, d] orthonormal principal directions
+    from tqdm.auto import tqdm
+
+    from ..sites import parse_site
+
+    keys = [str(parse_site(s)) for s in (sites if sites is not None else store.sites)]
+    missing = [k for k in keys if k not in store.sites]
+    if missing:
+        raise InterpError(f"the store holds {', '.join(store.sites)}, not {', '.join(missing)}")
+    if not len(store):
+        raise InterpError("the store is empty")
+    moments: dict = {}
+    samples: dict = {}
     gen = torch.Generator().manual_seed(seed)
-    w = torch.randn(d_sae, d, generator=gen, dtype=torch.float64)
-    w_dec = (w @ p.T) @ p  # project each random row into span(P)
-    w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
-    return {"W_dec": w_dec.float(), "W_enc": w_dec.T.contiguous().float(), "b_dec": mean.float()}
-
-
-def apply_to_sae(sae, init: dict) -> None:
-    """Copy an ``active_subspace_init`` result into a SAELens SAE's parameters (shapes checked)."""
-    with torch.no_grad():
-        for name, value in init.items():
-            param = getattr(sae, name, None)
-            if param is None:
-                raise InterpError(f"the SAE has no parameter {name}")
-            if tuple(param.shape) != tuple(value.shape):
-                raise InterpError(f"{name}: SAE has shape {tuple(param.shape)}, init has {tuple(value.shape)}")
-            param.copy_(value.to(param.dtype))
+    for i in tqdm(range(len(store)), desc="rank", unit="shard", disable=not progress):
+        acts = store.shard(i)
+        for k in keys:
+            rows = acts.tokens(k)
+            moments.setdefault(k, _Moments(rows.shape[1])).add(rows)
+            pool = rows.double() if k not in samples else torch.cat([samples[k], rows.double()])
+            samples[k] = pool[torch.randperm(pool.shape[0], generator=gen)[:max_bootstrap_tokens]]
+    return {k: EffectiveRank(threshold, n_bootstrap, max_bootstrap_tokens, seed=seed)._finish(moments[k], samples[k])
+            for k in keys}

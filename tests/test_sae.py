@@ -1,0 +1,154 @@
+"""Active-subspace SAE initialization and SAE training through SAELens fed by interp's ActivationStore."""
+import pytest
+import torch
+
+from interp import InterpError
+from interp.analyzers.sae_init import active_subspace_init, apply_to_sae, init_sae, principal_directions
+
+
+def _low_rank(n=500, r=6, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, r, generator=g) @ torch.randn(r, d, generator=g) + 3.0
+
+
+def test_active_subspace_init_rows_in_principal_subspace():
+    x = _low_rank()
+    init = active_subspace_init(x, d_sae=64, d_active=4)
+    assert init["W_dec"].shape == (64, 16) and init["W_enc"].shape == (16, 64) and init["d_active"] == 4
+    torch.testing.assert_close(init["W_enc"], init["W_dec"].T)
+    torch.testing.assert_close(init["b_dec"], x.mean(0))
+    _, p = principal_directions(x, 4)
+    p = p.float()
+    torch.testing.assert_close(init["W_dec"] @ p.T @ p, init["W_dec"], atol=1e-4, rtol=1e-4)
+    # a direction outside the top-4 subspace (the 5th principal direction) gets no weight
+    _, p5 = principal_directions(x, 5)
+    assert (init["W_dec"] @ p5[4].float()).abs().max() < 1e-4
+    torch.testing.assert_close(init["W_dec"].norm(dim=1), torch.ones(64))
+
+
+def test_default_d_active_is_measured_k99():
+    x = _low_rank(r=5) + 1e-4 * torch.randn(500, 16, generator=torch.Generator().manual_seed(1))
+    assert active_subspace_init(x, d_sae=32)["d_active"] == 5
+
+
+def test_init_bad_input():
+    x = _low_rank()
+    with pytest.raises(InterpError, match="d_active"):
+        active_subspace_init(x, 64, 17)
+    bad = x.clone()
+    bad[2, 3] = float("nan")
+    with pytest.raises(InterpError, match="NaN"):
+        active_subspace_init(bad, 64, 4)
+    with pytest.raises(InterpError, match="tokens"):
+        active_subspace_init(x[:3], 64, 4)
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_init_sae_applies_to_each_saelens_kind(kind):
+    from interp.sae_training import build_sae
+
+    x = _low_rank()
+    sae = build_sae(kind, d_in=16, d_sae=48, k=4)
+    norms = sae.W_dec.norm(dim=1).detach().clone()
+    info = init_sae(sae, x, d_active=6)
+    assert info["d_active"] == 6
+    torch.testing.assert_close(sae.W_dec.norm(dim=1).detach(), norms)  # only directions change
+    torch.testing.assert_close(sae.W_enc.detach(), sae.W_dec.detach().T)
+    torch.testing.assert_close(sae.b_dec.detach(), x.mean(0))
+    with pytest.raises(InterpError, match="shape"):
+        apply_to_sae(sae, active_subspace_init(x, 32, 4))
+    with pytest.raises(InterpError, match="d_in"):
+        init_sae(build_sae(kind, d_in=8, d_sae=48, k=4), x, d_active=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_llama, tmp_path_factory):
+    texts = [f"Passage {i}: the river ran past the old mill, and the miller sang about the sea and the hills "
+             f"while {i % 7} boats drifted by." for i in range(60)]
+    return tiny_llama.capture_to_store(texts, tmp_path_factory.mktemp("store"), ["attn_out.1", "mlp_out.1"], "1:",
+                                       chat=False, shard_size=16, progress=False)
+
+
+def _cfg(**kw):
+    from interp.sae_training import SAETrainConfig
+
+    base = dict(kind="topk", d_sae=64, k=4, batch_size=64, total_tokens=64 * 12, dead_window_tokens=64 * 4,
+                checkpoint_every_tokens=64 * 3, log_every_steps=2, init_tokens=256, lr=1e-3)
+    base.update(kw)
+    return SAETrainConfig(**base)
+
+
+@pytest.mark.parametrize("kind", ["standard", "topk", "batchtopk", "jumprelu"])
+def test_train_each_kind_saves_in_saelens_format(kind, tiny_store, tmp_path):
+    from sae_lens import SAE
+
+    from interp.sae_training import evaluate, train_sae
+
+    # batchtopk's inference threshold is a running average (rate 0.01) that needs a few hundred steps to settle
+    steps = 300 if kind == "batchtopk" else 12
+    cfg = _cfg(kind=kind, init="active", l1_coefficient=0.01, l0_coefficient=0.01, total_tokens=64 * steps)
+    summary = train_sae(tiny_store, "attn_out.1", tmp_path, cfg, progress=False)
+    assert summary["init_info"]["d_active"] >= 1 and summary["history"][-1]["tokens"] == 64 * steps
+    assert summary["dead_window_tokens"] == 256
+    loaded = SAE.load_from_disk(tmp_path / "sae")
+    assert loaded.cfg.d_sae == 64 and loaded.cfg.d_in == tiny_store.shard(0).tokens("attn_out.1").shape[1]
+    x = tiny_store.shard(0).tokens("attn_out.1")
+    m = evaluate(loaded, x)
+    assert 0 <= m["dead_fraction"] <= 1 and m["window_tokens"] == x.shape[0] and m["l0"] > 0
+    assert m["explained_variance"] > 0.0  # better than predicting the mean
+
+
+def test_training_improves_explained_variance(tiny_store, tmp_path):
+    from interp.sae_training import train_sae
+
+    s = train_sae(tiny_store, "mlp_out.1", tmp_path, _cfg(total_tokens=64 * 40, log_every_steps=5), progress=False)
+    assert s["history"][-1]["explained_variance"] > s["history"][0]["explained_variance"]
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tiny_store, tmp_path):
+    from safetensors.torch import load_file
+
+    from interp.sae_training import train_sae
+
+    cfg = _cfg(init="active")
+    train_sae(tiny_store, "attn_out.1", tmp_path / "straight", cfg, progress=False)
+
+    def kill(step):
+        if step == 7:  # after the checkpoint at step 6
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sae(tiny_store, "attn_out.1", tmp_path / "resumed", cfg, progress=False, on_step=kill)
+    assert not (tmp_path / "resumed" / "sae").exists()
+    s = train_sae(tiny_store, "attn_out.1", tmp_path / "resumed", cfg, progress=False)
+    assert s["steps_this_call"] == 6  # 12 steps in all, 6 done before the kill were kept
+    a = load_file(tmp_path / "straight" / "sae" / "sae_weights.safetensors")
+    b = load_file(tmp_path / "resumed" / "sae" / "sae_weights.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+    # the run's config is part of the checkpoint: another config is refused, not mixed in
+    with pytest.raises(InterpError, match="another config"):
+        train_sae(tiny_store, "attn_out.1", tmp_path / "resumed", _cfg(init="random"), progress=False)
+
+
+def test_training_bad_input(tiny_store, tmp_path):
+    from interp.sae_training import train_sae
+
+    with pytest.raises(InterpError, match="not in the store"):
+        train_sae(tiny_store, "resid_post.1", tmp_path, _cfg(), progress=False)
+    with pytest.raises(InterpError, match="kind"):
+        train_sae(tiny_store, "attn_out.1", tmp_path, _cfg(kind="gated2"), progress=False)
+    with pytest.raises(InterpError, match="init"):
+        train_sae(tiny_store, "attn_out.1", tmp_path, _cfg(init="pca"), progress=False)
+
+
+def test_spliced_lm_loss(tiny_llama, tiny_store, tmp_path):
+    from sae_lens import SAE
+
+    from interp.sae_training import spliced_lm_loss, train_sae
+
+    train_sae(tiny_store, "attn_out.1", tmp_path, _cfg(), progress=False)
+    sae = SAE.load_from_disk(tmp_path / "sae")
+    r = spliced_lm_loss(tiny_llama, sae, "attn_out.1", ["The miller sang about the sea.", "Boats drifted by."])
+    assert r["n_tokens"] > 0 and all(r[k] > 0 for k in ("clean", "spliced", "zero_ablated"))
+    assert r["spliced"] != r["clean"]  # the hook really replaced the attention output
