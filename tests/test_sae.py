@@ -152,3 +152,24 @@ def test_spliced_lm_loss(tiny_llama, tiny_store, tmp_path):
     r = spliced_lm_loss(tiny_llama, sae, "attn_out.1", ["The miller sang about the sea.", "Boats drifted by."])
     assert r["n_tokens"] > 0 and all(r[k] > 0 for k in ("clean", "spliced", "zero_ablated"))
     assert r["spliced"] != r["clean"]  # the hook really replaced the attention output
+
+
+@pytest.mark.slow
+def test_sae_compare_cli_on_smollm(tmp_path):
+    import json
+
+    from sae_lens import SAE
+
+    from interp.cli import main
+
+    assert main(["sae", "compare", "smollm2-135m-instruct", "--site", "attn_out", "--layer", "1", "--out",
+                 str(tmp_path), "--d-sae", "1152", "--tokens", "8192", "--batch-size", "512", "--passages", "48",
+                 "--eval-passages", "8", "--lm-passages", "2", "--max-tokens", "64", "--dead-window", "2048"]) == 0
+    r = json.loads((tmp_path / "report.json").read_text())
+    for key in ("dead_fraction", "explained_variance"):
+        assert set(r[key]) == {"active", "random"} and all(0 <= v <= 1 for v in r[key].values())
+    assert 1 <= r["d_active"] <= 576
+    assert r["lm_loss"]["active"]["spliced"] < r["lm_loss"]["active"]["zero_ablated"] + 1.0
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+    sae = SAE.load_from_disk(tmp_path / "active" / "sae")
+    assert sae.cfg.d_sae == 1152 and sae.cfg.d_in == 576

@@ -1,0 +1,51 @@
+"""Effective rank of attention vs MLP outputs (arXiv 2508.16929), with the paper's comparison.
+
+Runs ``interp rank`` on a model for some layers and prints, per layer, k99/d
+of attn_out, mlp_out and resid_post and the attention-vs-MLP gap, against the
+paper's ≈ 0.6 (attention) vs ≈ 0.9 (MLP, residual) and this project's target
+(attention at least 0.15 below MLP).
+
+Usage:
+    HF_HUB_OFFLINE=1 .venv/bin/python probes/effective_rank.py smollm2-135m-instruct --layers 0,3,6,9,12 \\
+        --passages 300 --out runs/rank_smollm
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    from interp.cli import main as interp_main
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model")
+    p.add_argument("--layers", default="all")
+    p.add_argument("--passages", type=int, default=300)
+    p.add_argument("--max-tokens", type=int, default=128)
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    rc = interp_main(["rank", args.model, "--out", args.out, "--layers", args.layers, "--passages",
+                      str(args.passages), "--max-tokens", str(args.max_tokens)])
+    if rc:
+        return rc
+    r = json.loads((Path(args.out) / "report.json").read_text())
+    rel = r["relative_k99"]
+    print(f"\n{r['model']['model']}, {r['n_tokens']} tokens; paper: attention ~0.6, MLP and residual ~0.9")
+    print("layer  attn_out  mlp_out  resid_post  mlp-attn")
+    gaps = []
+    for i, layer in enumerate(r["layers"]):
+        gap = rel["mlp_out"][i] - rel["attn_out"][i]
+        gaps.append(gap)
+        print(f"{layer:>5}  {rel['attn_out'][i]:8.3f}  {rel['mlp_out'][i]:7.3f}  {rel['resid_post'][i]:10.3f}  "
+              f"{gap:8.3f}")
+    mean_gap = sum(gaps) / len(gaps)
+    verdict = "meets" if mean_gap >= 0.15 else "misses"
+    print(f"mean gap {mean_gap:.3f}: {verdict} the target (attention >= 0.15 below MLP)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
