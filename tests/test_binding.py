@@ -10,6 +10,15 @@ from interp.binding_data import (entity_groups, load_coref_texts, patch_groups, 
                                  split_units, tiny_vit, token_offsets, vit_hidden_states, word_groups)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Probe training is many small steps: on a few shared cores, extra threads only add hand-off cost."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def planted(n_units=120, per_unit=8, n_groups=3, d=24, k=3, seed=0):
     """Tokens whose object identity lives in a k-dim subspace; the rest is large per-token noise."""
     g = torch.Generator().manual_seed(seed)
@@ -235,3 +244,14 @@ def test_entity_binding_on_smollm(smollm):
                                 kinds=["linear", "lowrank"], ablation=False)
     lin, low = report["accuracy"]["linear"][0], report["accuracy"]["lowrank"][0]
     assert low > lin + 0.05 and low > report["majority_baseline"] + 0.1, report["accuracy"]
+
+
+@pytest.mark.slow
+def test_entity_binding_targets_on_default_model(qwen):
+    from interp.commands.binding import binding_experiment
+
+    report = binding_experiment(qwen, load_coref_texts(), [12], rank=16, ranks=[], kinds=["linear", "full", "lowrank"],
+                                ablation=False)
+    acc = {k: v[0] for k, v in report["accuracy"].items()}
+    assert acc["full"] > acc["linear"] + 0.05 and acc["full"] > report["majority_baseline"] + 0.1, acc
+    assert acc["lowrank"] >= acc["full"] - 0.02, acc
