@@ -43,7 +43,7 @@ def add_parser(sub) -> None:
     p.add_argument("--per-anchor", type=int, default=3, help="positive (and negative) partners per anchor token")
     p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of texts held out (default 0.25)")
     p.add_argument("--no-ablation", action="store_true", help="skip the subspace ablation")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed for pair sampling, the split and probe init")
     p.set_defaults(func=run)
 
 
