@@ -78,7 +78,7 @@ ATTRIBUTES: dict[str, Attribute] = {a.name: a for a in (
               "Is {a} larger in area than {b}? Answer Yes or No.", "greater", 0.5, log10=True, max_new_tokens=10),
     Attribute("atomic_number", "elements", "atomic_number",
               "What is the atomic number of {e}? Answer with the number only.",
-              "Does {a} have a higher atomic number than {b}? Answer Yes or No.", "greater", 2.0, max_new_tokens=4),
+              "Does {a} have a higher atomic number than {b}? Answer Yes or No.", "greater", 2.0, max_new_tokens=10),
     Attribute("atomic_mass", "elements", "atomic_mass", "What is the atomic mass of {e}? Answer with the number only.",
               "Is an atom of {a} heavier than an atom of {b}? Answer Yes or No.", "greater", 5.0, max_new_tokens=8),
 )}
@@ -406,6 +406,9 @@ def run_numeric(model, attribute: str, out_dir: str | Path | None = None, *, max
     best = int(np.nanargmax(report["pls_r2"]))
     report["best_layer"] = layers[best]
     report["best_r2"] = report["pls_r2"][best]
+    if out_dir is not None:  # the probing results survive an interrupted flip test
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "probe.json").write_text(json.dumps(report, indent=1))
     flip_layers = default_flip_layers(model.n_layers) if flip_layers is None else list(flip_layers)
     flip_layers = [layer for layer in flip_layers if layer < model.n_layers - 1]
     if not flip_layers:

@@ -192,6 +192,7 @@ def test_run_numeric_writes_report(tiny_llama, tmp_path):
     rep = run_numeric(tiny_llama, "atomic_number", tmp_path, max_entities=25, filter_known=False, n_pairs=6,
                       n_random=2, alphas=(0.5, 4.0), progress=False)
     saved = json.loads((tmp_path / "report.json").read_text())
+    assert json.loads((tmp_path / "probe.json").read_text())["pls_r2"] == saved["pls_r2"]
     for key in ("pls_r2", "baselines", "flip_rate_pls", "flip_rate_random", "flip", "best_layer", "projection"):
         assert key in saved
     assert len(saved["pls_r2"]) == tiny_llama.n_layers == len(saved["baselines"]["ridge"])
