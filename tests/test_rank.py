@@ -72,14 +72,3 @@ def test_rank_cli_on_smollm(tmp_path):
             assert 0 < v <= 1 and lo <= hi
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
-
-def test_rank_per_layer_on_tiny(tiny_llama, tmp_path):
-    from interp.rank_experiment import rank_per_layer, write_rank_report
-
-    texts = [f"The quick brown fox number {i} jumps over the lazy dog and writes a poem about the sea." * 3
-             for i in range(12)]
-    r = rank_per_layer(tiny_llama, texts, max_tokens=40, chunk=4, n_bootstrap=3, progress=False)
-    assert set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
-    assert all(0 < v <= 1 for v in r["relative_k99"]["attn_out"]) and len(r["k99"]["mlp_out"]) == 2
-    write_rank_report(r, tmp_path)
-    assert (tmp_path / "report.html").exists()
