@@ -166,8 +166,12 @@ def test_sae_compare_cli_on_smollm(tmp_path):
                  str(tmp_path), "--d-sae", "1152", "--tokens", "8192", "--batch-size", "512", "--passages", "48",
                  "--eval-passages", "8", "--lm-passages", "2", "--max-tokens", "64", "--dead-window", "2048"]) == 0
     r = json.loads((tmp_path / "report.json").read_text())
-    for key in ("dead_fraction", "explained_variance"):
-        assert set(r[key]) == {"active", "random"} and all(0 <= v <= 1 for v in r[key].values())
+    assert set(r["dead_fraction"]) == set(r["explained_variance"]) == {"active", "random"}
+    assert all(0 <= v <= 1 for v in r["dead_fraction"].values())
+    # EV = 1 - residual/variance is negative when a (random-init, 16-step) SAE reconstructs worse than the mean
+    assert all(v <= 1 for v in r["explained_variance"].values())
+    # the paper's claim at toy scale; measured here: dead 0.10 active vs 0.77 random, EV 0.15 vs -5.0
+    assert r["dead_fraction"]["active"] < r["dead_fraction"]["random"]
     assert 1 <= r["d_active"] <= 576
     assert r["lm_loss"]["active"]["spliced"] < r["lm_loss"]["active"]["zero_ablated"] + 1.0
     assert (tmp_path / "report.html").stat().st_size > 10_000

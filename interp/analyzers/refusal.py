@@ -21,6 +21,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -230,7 +231,13 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
             if mode == "pruned":
                 break
     if best is None:
+        # name the nearest misses so the user sees which filter to loosen, and by how much
+        full = [k for k, s in scores.items() if not math.isnan(s.kl)]
+        near = sorted(full, key=lambda k: ((scores[k].induce <= induce_min) + (scores[k].kl >= kl_max),
+                                           scores[k].bypass))[:3]
+        misses = "; ".join(f"layer {k[0]} pos {k[1] - n_pos}: bypass {scores[k].bypass:.2f}, induce "
+                           f"{scores[k].induce:.2f}, KL {scores[k].kl:.3f}" for k in near)
         raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
                           f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
-                          f"induce_min, max_layer_frac) or use more or other prompts")
+                          f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
     return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
