@@ -43,9 +43,11 @@ class PatchTask:
     clean: list[str]
     corrupted: list[str]
     answers: torch.Tensor  # [n, 2] token ids
+    roles: dict[str, int] | None = None  # named positions from the end, e.g. {"END": -1, "S2": -5}
 
     def subset(self, idx: Sequence[int]) -> "PatchTask":
-        return PatchTask([self.clean[i] for i in idx], [self.corrupted[i] for i in idx], self.answers[list(idx)])
+        return PatchTask([self.clean[i] for i in idx], [self.corrupted[i] for i in idx], self.answers[list(idx)],
+                         self.roles)
 
 
 def logit_diff(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
@@ -70,7 +72,7 @@ def ioi_task(model, n: int = 32, seed: int = 0, path: str | Path | None = None) 
         corrupted.append(t.format(A=a, B=b, C=a))  # A repeats: the answer is B
         ids = [model.tokenizer.encode(" " + x, add_special_tokens=False)[0] for x in (a, b)]
         answers.append(ids)
-    return PatchTask(clean, corrupted, torch.tensor(answers))
+    return PatchTask(clean, corrupted, torch.tensor(answers), spec.get("roles"))
 
 
 class _Runner:
@@ -194,7 +196,9 @@ def learn_das(model, task: PatchTask, site: str, position: int = -1, steps: int 
     d = model.site_shape(s)[-1]
     if model.site_shape(s) != (d,):
         raise InterpError(f"DAS here learns one vector; {s} has shape {model.site_shape(s)}")
-    raw = torch.nn.Parameter(torch.randn(d, generator=torch.Generator().manual_seed(seed)).to(model.device))
+    start = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    # a unit-norm start, so that lr is a step size relative to the direction rather than to a norm of ~sqrt(d)
+    raw = torch.nn.Parameter((start / start.norm()).to(model.device))
     opt = torch.optim.Adam([raw], lr=lr)
     frozen = [p for p in model.hf.parameters() if p.requires_grad]
     for p in frozen:
@@ -232,19 +236,56 @@ def mean_difference_direction(model, task: PatchTask, site: str, position: int =
     return d / d.norm()
 
 
-def reader_matrix(model, site: str, readout: str | None = None) -> torch.Tensor:
-    """The matrix that reads a site: the down projection for mlp_act, else a named read-out."""
+def reader_matrix(model, site: str, readout: str | None = None, task: PatchTask | None = None) -> torch.Tensor:
+    """The matrix [out, d] that reads a site, for the rowspace/nullspace split.
+
+    ``mlp_act`` sites: the MLP down projection (``readout`` is ignored). Other
+    sites need a named read-out:
+
+    - ``"q.L:h1,h2"``: the query projections of heads h1, h2 of layer L, with
+      that block's input-norm gain folded in (what those heads' queries see);
+    - ``"answers"``: the unembedding rows of the task's answer tokens;
+    - ``"unembed"``: the whole unembedding (full rank when vocab > d_model, so
+      nothing lies in its nullspace: a weak check).
+    """
+    from .arch import _get
+
     s = parse_site(site, model.n_layers)
     if s.name == "mlp_act":
-        from .arch import _get
-
         w = _get(model._layers[s.layer], model._layout.mlp_down).weight.detach()
         return w.T if model.architecture == "gpt2" else w  # [d_model, d_mlp]
+    if readout is None:
+        raise InterpError(f"{s} has no down projection; name a read-out for the rowspace split: "
+                          "'q.LAYER:HEAD,HEAD', 'answers' or 'unembed'")
     if readout == "unembed":
         return model.hf.get_output_embeddings().weight.detach()
-    if readout is None:
-        raise InterpError(f"{s} has no down projection; name a read-out (readout='unembed') for the rowspace split")
-    raise InterpError(f"unknown read-out {readout!r}; use 'unembed'")
+    if readout == "answers":
+        if task is None:
+            raise InterpError("readout='answers' needs the task")
+        ids = torch.unique(task.answers.flatten())
+        return model.hf.get_output_embeddings().weight.detach()[ids.to(model.device)]
+    if readout.startswith("q."):
+        try:
+            layer_s, heads_s = readout[2:].split(":")
+            layer, heads = int(layer_s), [int(h) for h in heads_s.split(",")]
+        except ValueError:
+            raise InterpError(f"read-out {readout!r} should look like 'q.20:3,7'") from None
+        if not 0 <= layer < model.n_layers or any(not 0 <= h < model.n_heads for h in heads):
+            raise InterpError(f"read-out {readout!r}: layers are 0..{model.n_layers - 1}, "
+                              f"heads 0..{model.n_heads - 1}")
+        if s.name not in ("resid_pre", "resid_mid", "resid_post") or layer < s.layer + (s.name != "resid_pre"):
+            raise InterpError(f"read-out {readout!r} must read the residual stream at or after {s}")
+        block = model._layers[layer]
+        if model.architecture == "gpt2":
+            wq = _get(block, "attn.c_attn").weight.detach()[:, : model.d_model].T
+        else:
+            wq = _get(block, "self_attn.q_proj").weight.detach()
+        gain = _get(block, model._layout.attn_in_norm).weight.detach()
+        if model.architecture.startswith("gemma"):
+            gain = gain + 1  # Gemma's RMSNorm scales by (1 + weight)
+        rows = torch.cat([wq[h * model.d_head:(h + 1) * model.d_head] for h in heads])
+        return rows * gain[None, :]
+    raise InterpError(f"unknown read-out {readout!r}; use 'q.LAYER:HEAD,HEAD', 'answers' or 'unembed'")
 
 
 def check_subspace(model, task: PatchTask, site: str, v: torch.Tensor, position: int = -1,
@@ -255,7 +296,7 @@ def check_subspace(model, task: PatchTask, site: str, v: torch.Tensor, position:
     s = parse_site(site, model.n_layers)
     if v.numel() != model.site_shape(s)[-1]:
         raise InterpError(f"direction of size {v.numel()} does not match {s} of size {model.site_shape(s)[-1]}")
-    reader = reader_matrix(model, site, readout)
+    reader = reader_matrix(model, site, readout, task)
     runner = _Runner(model, task, metric)
     acts = torch.cat([runner.clean_acts([s])[s][:, position],
                       runner.clean_acts([s], corrupted=True)[s][:, position]])
@@ -266,40 +307,64 @@ def check_subspace(model, task: PatchTask, site: str, v: torch.Tensor, position:
     return illusion_checks(effect, v, reader.float(), acts.float())
 
 
-def run_patching(model, task: PatchTask, out_dir: str | Path | None = None, positions: Sequence[int] = (-1, -2, -3, -4),
-                 mlp_layer: int | None = None, resid_layer: int | None = None, das_steps: int = 60,
+def run_patching(model, task: PatchTask, out_dir: str | Path | None = None,
+                 positions: Sequence[int] = (-1, -2, -3, -4, -5), mlp_layer: int | None = None,
+                 resid_layer: int | None = None, readout: str | None = None, das_steps: int = 60,
                  seed: int = 0, progress: bool = True) -> dict:
     """Sweep, then DAS in an MLP hidden layer and in the residual stream at the last position, with checks.
 
-    Unless given, the MLP layer is the one whose ``mlp_out`` patch at the last
-    position matters most, and the residual layer the one whose
-    ``resid_pre`` patch there matters most. DAS trains on half the pairs;
-    every fraction of effect is measured on the other half.
+    Layer choices follow the paper's IOI set-up (a residual direction that
+    carries the signal into the heads that write the answer, and the MLP of
+    that same block). Unless given:
+
+    - the residual layer is the first whose ``resid_pre`` patch at the last
+      position reaches half of the largest such effect (the signal has arrived
+      there, but the heads that act on it come later);
+    - the MLP layer is that same layer;
+    - the residual read-out is the query projections of the three heads, in the
+      later layer whose ``attn_out`` patch at the last position matters most,
+      whose own (``attn_z``) patches matter most.
+
+    DAS trains on half the pairs; every fraction of effect is measured on the
+    other half.
     """
     n = len(task.clean)
     if n < 4:
         raise InterpError(f"need at least 4 prompt pairs (half to train DAS, half to test), got {n}")
     sweep = patching_sweep(model, task, ("resid_pre", "attn_out", "mlp_out"), positions=positions, progress=progress)
+    if task.roles:
+        sweep["roles"] = {str(p): r for r, p in task.roles.items() if p in sweep["positions"]}
     last = sweep["positions"].index(-1) if -1 in sweep["positions"] else 0
-    mlp_layer = mlp_layer if mlp_layer is not None else \
-        max(range(model.n_layers), key=lambda i: sweep["effects"]["mlp_out"][i][last])
-    resid_layer = resid_layer if resid_layer is not None else \
-        max(range(1, model.n_layers), key=lambda i: sweep["effects"]["resid_pre"][i][last])
+    resid_end = [row[last] for row in sweep["effects"]["resid_pre"]]
+    if resid_layer is None:
+        top = max(resid_end[1:])
+        resid_layer = next(i for i in range(1, model.n_layers) if resid_end[i] >= (0.5 * top if top > 0 else top))
+    mlp_layer = resid_layer if mlp_layer is None else mlp_layer
+    heads = None
+    if readout is None:
+        later = range(resid_layer, model.n_layers)
+        reader_layer = max(later, key=lambda i: sweep["effects"]["attn_out"][i][last])
+        heads = patching_sweep(model, task, ("attn_z",), layers=[reader_layer], progress=False)["effects"]["attn_z"][0]
+        top3 = sorted(range(model.n_heads), key=lambda h: -heads[h])[:3]
+        readout = f"q.{reader_layer}:{','.join(map(str, sorted(top3)))}"
     order = list(range(n))
     random.Random(seed).shuffle(order)
     train, test = task.subset(order[: n // 2]), task.subset(order[n // 2:])
     results = {}
-    for key, site, readout in (("mlp", f"mlp_act.{mlp_layer}", None), ("resid", f"resid_pre.{resid_layer}", "unembed")):
+    for key, site, reader in (("mlp", f"mlp_act.{mlp_layer}", None), ("resid", f"resid_pre.{resid_layer}", readout)):
         v = learn_das(model, train, site, -1, steps=das_steps, seed=seed, progress=progress)
-        report = check_subspace(model, test, site, v, -1, readout)
+        report = check_subspace(model, test, site, v, -1, reader)
         md = mean_difference_direction(model, train, site)
-        results[key] = {"site": site, "reader": "down projection" if readout is None else readout,
+        results[key] = {"site": site, "reader": "down projection" if reader is None else reader,
                         **report.to_dict(),
+                        "das_effect_train": direction_effect(model, train, site, v),
                         "mean_difference_effect": direction_effect(model, test, site, md),
                         "cos_das_mean_difference": float(torch.nn.functional.cosine_similarity(
                             v.double(), md.double().to(v.device), dim=0))}
     report = {"model": model.describe(), "n_pairs": n, "sweep": sweep, "subspaces": results,
               "fraction_of_effect": results["mlp"]["fraction_of_effect"], "verdict": results["mlp"]["verdict"]}
+    if heads is not None:
+        report["reader_heads"] = {"layer": reader_layer, "attn_z_effects": heads}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -316,7 +381,9 @@ def _write_html(report: dict, path: Path) -> None:
     figs = []
     sweep = report["sweep"]
     for name, grid in sweep["effects"].items():
-        fig = go.Figure(go.Heatmap(z=grid, x=[str(p) for p in sweep["positions"]], y=sweep["layers"],
+        roles = sweep.get("roles", {})
+        labels = [f"{p} ({roles[str(p)]})" if str(p) in roles else str(p) for p in sweep["positions"]]
+        fig = go.Figure(go.Heatmap(z=grid, x=labels, y=sweep["layers"],
                                    colorscale="RdBu", zmid=0, colorbar={"title": "effect"}))
         fig.update_layout(title=f"patching {name} from clean into corrupted (1 = clean behaviour)",
                           xaxis_title="position (from the end)", yaxis_title="layer", template="plotly_white")

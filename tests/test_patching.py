@@ -58,6 +58,31 @@ def test_bad_inputs(setup):
         check_subspace(m, task, "mlp_act.0", torch.ones(5))
     with pytest.raises(InterpError, match="down projection"):
         check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model))
+    with pytest.raises(InterpError, match="should look like"):
+        check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model), readout="q.1")
+    with pytest.raises(InterpError, match="at or after"):
+        check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model), readout="q.0:0")
+    with pytest.raises(InterpError, match="unknown read-out"):
+        check_subspace(m, task, "resid_pre.1", torch.ones(m.d_model), readout="keys")
+
+
+def test_query_reader_sees_only_those_heads(setup):
+    from interp.analyzers.illusion import split_by_reader
+    from interp.patching import reader_matrix
+
+    m, task = setup
+    layer = m.n_layers - 1
+    r = reader_matrix(m, "resid_pre.1", f"q.{layer}:0", task)
+    assert r.shape == (m.d_head, m.d_model)
+    # a direction in the reader's nullspace leaves head 0's query unchanged, whatever the norm does
+    block = m._layers[layer]
+    x = torch.randn(3, m.d_model)
+    row, null = split_by_reader(torch.randn(m.d_model), r)
+    q = lambda h: block.self_attn.q_proj(h * block.input_layernorm.weight)[:, : m.d_head]  # noqa: E731
+    assert torch.allclose(q(x + null.float()), q(x), atol=1e-4)
+    assert not torch.allclose(q(x + row.float()), q(x), atol=1e-4)
+    answers = reader_matrix(m, "resid_pre.1", "answers", task)
+    assert answers.shape == (len(torch.unique(task.answers)), m.d_model)
 
 
 def test_run_patching_report(setup, tmp_path):
@@ -71,5 +96,7 @@ def test_run_patching_report(setup, tmp_path):
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved["fraction_of_effect"]) == {"full", "das", "rowspace", "nullspace"}
     assert saved["verdict"] == r["verdict"] and (tmp_path / "report.html").exists()
+    assert saved["subspaces"]["resid"]["reader"].startswith("q.")  # the default read-out: later heads' queries
+    assert saved["subspaces"]["mlp"]["site"] == f"mlp_act.{saved['subspaces']['resid']['site'].split('.')[1]}"
     with pytest.raises(InterpError, match="at least 4"):
         run_patching(m, task, progress=False)

@@ -24,8 +24,15 @@ def add_parser(sub) -> None:
     q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--pairs", type=int, default=32, help="clean/corrupted pairs (default 32)")
-    q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: largest mlp_out effect)")
-    q.add_argument("--resid-layer", type=int, default=None, help="layer for the residual DAS (default: largest effect)")
+    q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: the residual DAS layer)")
+    q.add_argument("--resid-layer", type=int, default=None,
+                   help="layer for the residual DAS (default: the first layer whose resid_pre patch at the last "
+                   "position reaches half of the largest)")
+    q.add_argument("--readout", default=None,
+                   help="what reads the residual DAS site, for its rowspace/nullspace split: 'q.LAYER:HEAD,HEAD' "
+                   "(those heads' query projections), 'answers' (unembedding rows of the answer tokens) or "
+                   "'unembed' (default: the queries of the 3 heads that matter most in the later layer whose "
+                   "attn_out patch matters most)")
     q.add_argument("--das-steps", type=int, default=60, help="optimizer steps for DAS (default 60)")
     q.add_argument("--seed", type=int, default=0, help="seed for names and the DAS start (default 0)")
     q.set_defaults(func=run_patch)
@@ -53,7 +60,7 @@ def run_patch(args) -> int:
     model = load_model(args.model)
     task = ioi_task(model, n=args.pairs, seed=args.seed, path=args.task)
     r = run_patching(model, task, args.out, mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
-                     das_steps=args.das_steps, seed=args.seed)
+                     readout=args.readout, das_steps=args.das_steps, seed=args.seed)
     print(f"clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
     for key, s in r["subspaces"].items():
         f = s["fraction_of_effect"]
