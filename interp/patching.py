@@ -72,6 +72,13 @@ def ioi_task(model, n: int = 32, seed: int = 0, path: str | Path | None = None) 
         corrupted.append(t.format(A=a, B=b, C=a))  # A repeats: the answer is B
         ids = [model.tokenizer.encode(" " + x, add_special_tokens=False)[0] for x in (a, b)]
         answers.append(ids)
+        s2 = (spec.get("roles") or {}).get("S2")
+        if s2 is not None:  # a word that splits into several tokens would shift S2 for this template only
+            a, b = (model.tokenizer.encode(x, add_special_tokens=False) for x in (clean[-1], corrupted[-1]))
+            where = [j - len(a) for j in range(min(len(a), len(b))) if a[j] != b[j]]
+            if len(a) != len(b) or where != [s2]:
+                raise InterpError(f"template {t!r}: the pair differs at positions {where} from the end, not at "
+                                  f"S2 = {s2} as 'roles' says; a word after {{C}} is probably several tokens")
     return PatchTask(clean, corrupted, torch.tensor(answers), spec.get("roles"))
 
 
@@ -317,13 +324,14 @@ def run_patching(model, task: PatchTask, out_dir: str | Path | None = None,
     carries the signal into the heads that write the answer, and the MLP of
     that same block). Unless given:
 
-    - the residual layer is the first whose ``resid_pre`` patch at the last
-      position reaches half of the largest such effect (the signal has arrived
-      there, but the heads that act on it come later);
+    - the reader layer N is the one whose ``attn_out`` patch at the last
+      position matters most (in IOI: the name movers);
+    - the residual layer is the first up to N whose ``resid_pre`` patch at
+      the last position reaches half of that at N (the signal has arrived,
+      and the heads that act on it come later);
     - the MLP layer is that same layer;
-    - the residual read-out is the query projections of the three heads, in the
-      later layer whose ``attn_out`` patch at the last position matters most,
-      whose own (``attn_z``) patches matter most.
+    - the residual read-out is the query projections of the three heads of
+      layer N whose own (``attn_z``) patches matter most.
 
     DAS trains on half the pairs; every fraction of effect is measured on the
     other half.
@@ -336,14 +344,17 @@ def run_patching(model, task: PatchTask, out_dir: str | Path | None = None,
         sweep["roles"] = {str(p): r for r, p in task.roles.items() if p in sweep["positions"]}
     last = sweep["positions"].index(-1) if -1 in sweep["positions"] else 0
     resid_end = [row[last] for row in sweep["effects"]["resid_pre"]]
+    attn_end = [row[last] for row in sweep["effects"]["attn_out"]]
+    reader_layer = max(range(1, model.n_layers), key=lambda i: attn_end[i])
     if resid_layer is None:
-        top = max(resid_end[1:])
-        resid_layer = next(i for i in range(1, model.n_layers) if resid_end[i] >= (0.5 * top if top > 0 else top))
+        at_reader = resid_end[reader_layer]
+        resid_layer = next((i for i in range(1, reader_layer) if at_reader > 0 and resid_end[i] >= 0.5 * at_reader),
+                           reader_layer)
     mlp_layer = resid_layer if mlp_layer is None else mlp_layer
     heads = None
     if readout is None:
-        later = range(resid_layer, model.n_layers)
-        reader_layer = max(later, key=lambda i: sweep["effects"]["attn_out"][i][last])
+        if reader_layer < resid_layer:  # the user put the residual site after it: use the strongest later layer
+            reader_layer = max(range(resid_layer, model.n_layers), key=lambda i: attn_end[i])
         heads = patching_sweep(model, task, ("attn_z",), layers=[reader_layer], progress=False)["effects"]["attn_z"][0]
         top3 = sorted(range(model.n_heads), key=lambda h: -heads[h])[:3]
         readout = f"q.{reader_layer}:{','.join(map(str, sorted(top3)))}"

@@ -1,15 +1,18 @@
 """Patching and DAS on a packaged real model and the shipped IOI task (behaviour)."""
+from pathlib import Path
+
 import pytest
 import torch
 
-from interp.patching import direction_effect, ioi_task, learn_das, patching_sweep
+from interp.patching import direction_effect, ioi_task, patching_sweep
 
 pytestmark = pytest.mark.slow
+DATA = Path(__file__).resolve().parents[1] / "data" / "ioi_task.json"
 
 
 @pytest.fixture(scope="module")
 def task(smollm):
-    return ioi_task(smollm, n=8)
+    return ioi_task(smollm, n=10)  # one pair per template
 
 
 def test_ioi_task_is_aligned_and_solved(smollm, task):
@@ -28,6 +31,19 @@ def test_ioi_task_is_aligned_and_solved(smollm, task):
     # by the last layer the answer has moved to END
     assert s2_0 == pytest.approx(1.0, abs=1e-3) and abs(end0) < 1e-3
     assert end_last > 0.5 and abs(s2_last) < 0.2
+
+
+def test_misaligned_template_is_an_error(smollm, tmp_path):
+    import json
+
+    from interp import InterpError
+
+    spec = json.loads(DATA.read_text())
+    spec["templates"] = ["When {A} and {B} got to the beach, {C} threw the frisbee to"]  # frisbee: 3 tokens
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(InterpError, match="not at S2 = -5"):
+        ioi_task(smollm, n=2, path=path)
 
 
 def test_das_beats_random_direction_on_held_out_pairs(smollm):

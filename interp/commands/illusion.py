@@ -27,12 +27,12 @@ def add_parser(sub) -> None:
     q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: the residual DAS layer)")
     q.add_argument("--resid-layer", type=int, default=None,
                    help="layer for the residual DAS (default: the first layer whose resid_pre patch at the last "
-                   "position reaches half of the largest)")
+                   "position reaches half of its value at the layer whose attn_out patch there matters most)")
     q.add_argument("--readout", default=None,
                    help="what reads the residual DAS site, for its rowspace/nullspace split: 'q.LAYER:HEAD,HEAD' "
                    "(those heads' query projections), 'answers' (unembedding rows of the answer tokens) or "
-                   "'unembed' (default: the queries of the 3 heads that matter most in the later layer whose "
-                   "attn_out patch matters most)")
+                   "'unembed' (default: the queries of the 3 heads that matter most in the layer whose attn_out "
+                   "patch at the last position matters most)")
     q.add_argument("--das-steps", type=int, default=60, help="optimizer steps for DAS (default 60)")
     q.add_argument("--seed", type=int, default=0, help="seed for names and the DAS start (default 0)")
     q.set_defaults(func=run_patch)
