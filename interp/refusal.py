@@ -154,6 +154,10 @@ def find_direction(model, splits: dict, cfg: RefusalConfig, refusal_ids, progres
     selection = select_direction(scorer, candidates, mode=cfg.mode, kl_max=cfg.kl_max, induce_min=cfg.induce_min,
                                  max_layer_frac=cfg.max_layer_frac, top_k=cfg.top_k)
     t_end = time.time()
+    if progress:  # said now, so that a run stopped during the evaluation still tells which candidate won
+        sc = selection.scores[(selection.layer, selection.position + candidates.shape[1])]
+        print(f"  selected layer {selection.layer}, position {selection.position} ({selection.n_scored} fully "
+              f"scored): bypass {sc.bypass:.2f}, induce {sc.induce:.2f}, KL {sc.kl:.3f}", flush=True)
     timing = {"candidates_s": round(t_cand - t0, 1), "scorer_setup_s": round(t_setup - t_cand, 1),
               "selection_s": round(t_end - t_setup, 1), "total_s": round(t_end - t0, 1)}
     post_tokens = [model.tokenizer.decode([model.encode(splits["harmful_train"][:1]).ids[0][int(i)]])

@@ -71,7 +71,7 @@ def test_selection_modes_and_filters(tiny_llama):
         select_direction(scorer, cands, mode="greedy")
 
 
-def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path):
+def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
     import json
 
     from interp.directions import load_direction
@@ -80,9 +80,11 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path):
     cfg = RefusalConfig(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>", "!"), filter_train=False,
                         kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0, max_new_tokens=4, top_k=2)
     result = run_refusal(tiny_llama, cfg, tmp_path, harmful=HARMFUL * 2 + ["Explain how to rob a bank"],
-                         harmless=HARMLESS * 2 + ["Explain how to plant a tree"], progress=False)
+                         harmless=HARMLESS * 2 + ["Explain how to plant a tree"], progress=True)
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["chosen"]["layer"] == result.layer
+    # the choice is printed before the (long) evaluation starts
+    assert f"selected layer {result.layer}, position {result.position}" in capsys.readouterr().out
     assert set(report["evaluation"]) >= {"baseline_refusal", "ablated_refusal", "induced_refusal",
                                          "baseline_harmless_refusal", "ce_delta", "n_harmful", "n_harmless"}
     vec, meta = load_direction(tmp_path / "direction.safetensors", tiny_llama)
