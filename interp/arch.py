@@ -27,12 +27,13 @@ class BlockLayout:
     attn_o_proj: str  # its input is attn_z (heads concatenated)
     mlp_out: str  # its output is what the MLP adds to the residual stream
     mlp_down: str  # its input is mlp_act
+    attn_q: str  # the query projection; GPT-2's fused c_attn holds it in its first d_model outputs
 
 
-LLAMA = BlockLayout("input_layernorm", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj")
+LLAMA = BlockLayout("input_layernorm", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj", "self_attn.q_proj")
 GEMMA = BlockLayout("input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
-                    "post_feedforward_layernorm", "mlp.down_proj")
-GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj")
+                    "post_feedforward_layernorm", "mlp.down_proj", "self_attn.q_proj")
+GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "attn.c_attn")
 
 LAYOUTS = {
     "llama": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "mistral": LLAMA, "olmo2": LLAMA,

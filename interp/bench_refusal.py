@@ -7,6 +7,7 @@ and whether both pick the same candidate.
 """
 from __future__ import annotations
 
+import math
 import time
 
 
@@ -53,7 +54,14 @@ def bench_refusal(model_name: str, n_train: int = 64, n_val: int = 28, kl_max: f
                                        {**stages, "search_s": exhaustive_s}.items()}},
         "same_choice": (pruned.layer, pruned.position) == (exhaustive.layer, exhaustive.position),
         "stages_s": {k: round(v, 1) for k, v in stages.items()},
+        "proxy_scores": {f"{k[0]},{k[1] - cands.shape[1]}": [_num(s.proxy_induce), _num(s.proxy_bypass),
+                                                              _num(s.proxy_kl, 4)]
+                         for k, s in pruned.scores.items()},
         "exhaustive_scores": {f"{k[0]},{k[1] - cands.shape[1]}": [round(s.bypass, 3), round(s.induce, 3),
                                                                   round(s.kl, 4)]
                               for k, s in exhaustive.scores.items()},
     }
+
+
+def _num(v: float, digits: int = 3):
+    return None if math.isnan(v) else round(v, digits)

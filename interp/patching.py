@@ -74,9 +74,9 @@ def ioi_task(model, n: int = 32, seed: int = 0, path: str | Path | None = None) 
         answers.append(ids)
         s2 = (spec.get("roles") or {}).get("S2")
         if s2 is not None:  # a word that splits into several tokens would shift S2 for this template only
-            a, b = (model.tokenizer.encode(x, add_special_tokens=False) for x in (clean[-1], corrupted[-1]))
-            where = [j - len(a) for j in range(min(len(a), len(b))) if a[j] != b[j]]
-            if len(a) != len(b) or where != [s2]:
+            tok_c, tok_x = (model.tokenizer.encode(x, add_special_tokens=False) for x in (clean[-1], corrupted[-1]))
+            where = [j - len(tok_c) for j in range(min(len(tok_c), len(tok_x))) if tok_c[j] != tok_x[j]]
+            if len(tok_c) != len(tok_x) or where != [s2]:
                 raise InterpError(f"template {t!r}: the pair differs at positions {where} from the end, not at "
                                   f"S2 = {s2} as 'roles' says; a word after {{C}} is probably several tokens")
     return PatchTask(clean, corrupted, torch.tensor(answers), spec.get("roles"))
@@ -283,10 +283,9 @@ def reader_matrix(model, site: str, readout: str | None = None, task: PatchTask 
         if s.name not in ("resid_pre", "resid_mid", "resid_post") or layer < s.layer + (s.name != "resid_pre"):
             raise InterpError(f"read-out {readout!r} must read the residual stream at or after {s}")
         block = model._layers[layer]
-        if model.architecture == "gpt2":
-            wq = _get(block, "attn.c_attn").weight.detach()[:, : model.d_model].T
-        else:
-            wq = _get(block, "self_attn.q_proj").weight.detach()
+        wq = _get(block, model._layout.attn_q).weight.detach()
+        if model.architecture == "gpt2":  # Conv1D [d_in, 3·d_model]: queries are the first d_model outputs
+            wq = wq[:, : model.d_model].T
         gain = _get(block, model._layout.attn_in_norm).weight.detach()
         if model.architecture.startswith("gemma"):
             gain = gain + 1  # Gemma's RMSNorm scales by (1 + weight)

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 import warnings
@@ -42,7 +43,7 @@ class RefusalConfig:
     filter_train: bool = True  # keep harmful prompts with metric > 0 and harmless with metric < 0
     mode: str = "pruned"  # or "exhaustive"
     top_k: int = 8  # pruned mode: candidates fully scored per round
-    proxy_prompts: int = 8  # pruned mode: harmful prompts the proxy reads
+    proxy_prompts: int = 8  # pruned mode: validation prompts per class the proxy scores read
     kl_max: float = 0.1
     induce_min: float = 0.0
     max_layer_frac: float = 0.8
@@ -268,9 +269,11 @@ def run_refusal(model, cfg: RefusalConfig | None = None, out_dir: str | Path | N
     t_eval = time.time()
     n_pos = candidates.shape[1]
 
-    def grid(attr):
-        return [[getattr(selection.scores[(layer, p)], attr) if (layer, p) in selection.scores else None
-                 for p in range(n_pos)] for layer in range(candidates.shape[0])]
+    def grid(attr):  # None where not computed (valid JSON, unlike NaN)
+        def value(key):
+            v = getattr(selection.scores[key], attr) if key in selection.scores else math.nan
+            return None if math.isnan(v) else v
+        return [[value((layer, p)) for p in range(n_pos)] for layer in range(candidates.shape[0])]
 
     report = {
         "model": model.describe(), "config": asdict(cfg),
@@ -284,7 +287,8 @@ def run_refusal(model, cfg: RefusalConfig | None = None, out_dir: str | Path | N
                          "harmless_metric": scorer.base_harmless_metric.mean().item()},
         "selection": {"mode": selection.mode, "n_candidates": int(candidates.shape[0] * n_pos),
                       "n_fully_scored": selection.n_scored, "bypass": grid("bypass"), "induce": grid("induce"),
-                      "kl": grid("kl"), "proxy_bypass": grid("proxy_bypass")},
+                      "kl": grid("kl"), "proxy_bypass": grid("proxy_bypass"),
+                      "proxy_induce": grid("proxy_induce"), "proxy_kl": grid("proxy_kl")},
         "evaluation": {k: v for k, v in evaluation.items() if k != "examples"},
         "examples": evaluation["examples"],
         "timing": {"split_filter_s": round(t_split - t0, 1), **timing, "evaluation_s": round(t_eval - t_find, 1),

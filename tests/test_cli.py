@@ -100,3 +100,14 @@ def test_bench_generate_json():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["plain_tok_s"] > 0 and set(result["ratios"]) == {"interp_ablate", "transformer_lens"}
     assert result["ratios"]["interp_ablate"] > 0
+
+
+def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):
+    import interp.commands.refusal as refusal_cmd
+    from interp.packaged import DEFAULT_MODEL
+
+    seen = {}
+    monkeypatch.setattr(refusal_cmd, "run", lambda ns: seen.setdefault("ns", ns) and 0)
+    assert main(["demo", "--out", "somewhere"]) == 0
+    ns = seen["ns"]
+    assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEFAULT_MODEL, "somewhere", "pruned", 28, 8)

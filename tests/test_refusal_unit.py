@@ -1,4 +1,6 @@
 """Refusal-direction pieces on a tiny model: metric, candidates, scorer shortcuts, selection."""
+import math
+
 import pytest
 import torch
 
@@ -69,6 +71,30 @@ def test_selection_modes_and_filters(tiny_llama):
         select_direction(scorer, cands, mode="exhaustive", kl_max=-1.0)
     with pytest.raises(InterpError, match="mode"):
         select_direction(scorer, cands, mode="greedy")
+
+
+def test_pruned_order_follows_the_proxy_filters(tiny_llama):
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("<|im_end|>", "!"))
+    cands = candidate_directions(m.capture(HARMFUL, "resid_pre", "post_instruction", progress=False),
+                                 m.capture(HARMLESS, "resid_pre", "post_instruction", progress=False)).float() * 4
+    # a proxy set as large as the validation set: the proxy scores are the full scores
+    scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, proxy_prompts=len(HARMFUL), progress=False)
+    d = cands[1, -1]
+    assert scorer.bypass_and_kl(d, proxy=True) == pytest.approx(scorer.bypass_and_kl(d), abs=1e-5)
+    assert scorer.induce(d, 1, proxy=True) == pytest.approx(scorer.induce(d, 1), abs=1e-5)
+    ex = select_direction(scorer, cands, mode="exhaustive", kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0)
+    induces = sorted(s.induce for s in ex.scores.values())
+    kls = sorted(s.kl for s in ex.scores.values())
+    # filters that about half the candidates fail, so the order matters
+    filters = dict(kl_max=kls[len(kls) * 3 // 4], induce_min=induces[len(induces) // 3], max_layer_frac=1.0)
+    ex = select_direction(scorer, cands, mode="exhaustive", **filters)
+    pr = select_direction(scorer, cands, mode="pruned", top_k=2, **filters)
+    assert (pr.layer, pr.position) == (ex.layer, ex.position)
+    assert pr.n_scored == 2  # an exact proxy puts a passing candidate in the first round
+    # bypass and KL are read on the proxy only for candidates that induce
+    for s in pr.scores.values():
+        assert (s.proxy_induce > filters["induce_min"]) == (not math.isnan(s.proxy_bypass))
 
 
 def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):

@@ -91,6 +91,18 @@ class Scores:
     induce: float = float("nan")
     kl: float = float("nan")
     proxy_bypass: float = float("nan")
+    proxy_induce: float = float("nan")
+    proxy_kl: float = float("nan")
+
+
+@dataclass
+class _PromptSet:
+    """Validation prompts tokenized into padded batches, with what every candidate reuses."""
+
+    harmful: list  # [(batch, rows)], sorted by length to keep padding small
+    harmless: list
+    base_harmless: torch.Tensor  # last-position logits on the harmless prompts, in batch order
+    resid: list  # per harmless batch: resid_pre of every layer, [batch, seq, d] each
 
 
 class CandidateScorer:
@@ -98,25 +110,24 @@ class CandidateScorer:
 
     Shared work is done once: the validation prompts are tokenized and padded
     once, their baseline last-position logits computed once, and the harmless
-    residual stream at every block input cached once, so the induce score of
-    a layer-l candidate runs only blocks l.. (the blocks below cannot change).
+    residual stream at every block input cached in the same forward, so the
+    induce score of a layer-l candidate runs only blocks l.. (the blocks below
+    cannot change). A second, smaller set of ``proxy_prompts`` prompts per
+    class (spread over the lengths) serves the cheap proxy scores of the
+    pruned search.
     """
 
     def __init__(self, model, harmful_val: Sequence[str], harmless_val: Sequence[str],
                  refusal_ids: Sequence[int], batch_size: int = 16, proxy_prompts: int = 8,
                  progress: bool = True):
         self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
-        self.harmful = self._batches(harmful_val, batch_size)
-        # the cheap proxy reads a few harmful prompts, spread over the lengths
-        step = max(1, len(harmful_val) // max(1, proxy_prompts))
-        self.proxy = self._batches(list(harmful_val)[::step][:proxy_prompts], batch_size)
-        self.harmless = self._batches(harmless_val, batch_size)
+        self.full = self._prompt_set(harmful_val, harmless_val, batch_size)
+        self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
+                                      batch_size)
         with torch.no_grad():
-            self.base_harmless = torch.cat([model.last_logits(b) for b, _ in self.harmless])
             self.base_harmful_metric = torch.cat([refusal_metric(model.last_logits(b), self.refusal_ids)
-                                                  for b, _ in self.harmful])
-        self.base_harmless_metric = refusal_metric(self.base_harmless, self.refusal_ids)
-        self._resid = [self._cache_resid(b) for b, _ in self.harmless]
+                                                  for b, _ in self.full.harmful])
+        self.base_harmless_metric = refusal_metric(self.full.base_harmless, self.refusal_ids)
 
     def _batches(self, prompts, batch_size):
         enc = self.model.encode(prompts)
@@ -127,8 +138,17 @@ class CandidateScorer:
             out.append((self.model.pad([enc.ids[i] for i in rows]), rows))
         return out
 
-    def _cache_resid(self, batch) -> list[torch.Tensor]:
-        """resid_pre of every layer for one padded batch, [batch, seq, d] each."""
+    def _prompt_set(self, harmful, harmless, batch_size) -> _PromptSet:
+        harmless_batches = self._batches(harmless, batch_size)
+        logits, resid = [], []
+        for batch, _ in harmless_batches:
+            lg, cache = self._logits_and_resid(batch)
+            logits.append(lg)
+            resid.append(cache)
+        return _PromptSet(self._batches(harmful, batch_size), harmless_batches, torch.cat(logits), resid)
+
+    def _logits_and_resid(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Last-position logits and resid_pre of every layer ([batch, seq, d] each), one forward."""
         cache: dict[int, torch.Tensor] = {}
 
         def keep(layer):
@@ -138,31 +158,32 @@ class CandidateScorer:
 
         with self.model.hooks({Site("resid_pre", layer): keep(layer) for layer in range(self.model.n_layers)}), \
                 torch.no_grad():
-            self.model.hf.base_model(**batch, use_cache=False)
-        return [cache[layer] for layer in range(self.model.n_layers)]
+            logits = self.model.last_logits(batch)
+        return logits, [cache[layer] for layer in range(self.model.n_layers)]
 
     def bypass_and_kl(self, direction: torch.Tensor, proxy: bool = False) -> tuple[float, float]:
         """Mean refusal metric on harmful prompts and mean KL on harmless ones, r̂ ablated everywhere.
 
-        With ``proxy`` only the few proxy prompts are read and KL is skipped.
+        With ``proxy`` the small proxy set is read instead of the full one.
         """
+        ps = self.proxy if proxy else self.full
         metrics, kls = [], []
         with self.model.hooks(ablation_hooks(self.model, direction)), torch.no_grad():
-            for batch, _ in (self.proxy if proxy else self.harmful):
+            for batch, _ in ps.harmful:
                 metrics.append(refusal_metric(self.model.last_logits(batch), self.refusal_ids))
-            if not proxy:
-                start = 0
-                for batch, rows in self.harmless:
-                    logits = self.model.last_logits(batch)
-                    kls.append(kl_last(self.base_harmless[start:start + len(rows)], logits))
-                    start += len(rows)
-        return torch.cat(metrics).mean().item(), (float("nan") if proxy else torch.cat(kls).mean().item())
+            start = 0
+            for batch, rows in ps.harmless:
+                logits = self.model.last_logits(batch)
+                kls.append(kl_last(ps.base_harmless[start:start + len(rows)], logits))
+                start += len(rows)
+        return torch.cat(metrics).mean().item(), torch.cat(kls).mean().item()
 
-    def induce(self, direction: torch.Tensor, layer: int) -> float:
+    def induce(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> float:
         """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
+        ps = self.proxy if proxy else self.full
         r = direction.to(self.model.device, next(self.model.hf.parameters()).dtype)
         metrics = []
-        for (batch, _), resid in zip(self.harmless, self._resid):
+        for (batch, _), resid in zip(ps.harmless, ps.resid):
             steered = resid[layer] + batch["attention_mask"][..., None].to(r.dtype) * r
             logits = self.model.last_logits(batch, start_layer=layer, resid=steered)
             metrics.append(refusal_metric(logits, self.refusal_ids))
@@ -171,6 +192,12 @@ class CandidateScorer:
     def score(self, direction: torch.Tensor, layer: int) -> Scores:
         bypass, kl = self.bypass_and_kl(direction)
         return Scores(bypass=bypass, induce=self.induce(direction, layer), kl=kl)
+
+
+def _spread(prompts: Sequence[str], n: int) -> list[str]:
+    """``n`` prompts taken at even steps through the list (the proxy set)."""
+    step = max(1, len(prompts) // max(1, n))
+    return list(prompts)[::step][:n]
 
 
 @dataclass
@@ -195,9 +222,15 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
 
     ``candidates`` is [layers, positions, d]. ``mode="exhaustive"`` scores
     every candidate below ``max_layer_frac`` of the depth. ``mode="pruned"``
-    first ranks them by a cheap proxy (bypass on the scorer's few proxy
-    prompts, no KL, no induce), then fully scores the best ``top_k``, moving
-    on to the next ``top_k`` while none passes the filters.
+    ranks them by the same three scores on the scorer's small proxy set,
+    cheapest first: induce for every candidate (it runs only the blocks
+    above the candidate's layer), then bypass and KL (one ablated forward)
+    for those that induce. Candidates that pass both filters on the proxy
+    come first, lowest proxy bypass first; then those over the KL bound
+    (lowest proxy KL first); then those that do not induce (highest proxy
+    induce first). It fully scores ``top_k`` at a time in that order and
+    stops after the first round in which some candidate passes the filters,
+    so a noisy proxy costs time, never a candidate: every one is reachable.
     """
     if mode not in ("pruned", "exhaustive"):
         raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
@@ -209,10 +242,7 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
         raise InterpError(f"no candidate layer is below {max_layer_frac} of {n_layers} layers")
     scores: dict[tuple[int, int], Scores] = {}
     if mode == "pruned":
-        for key in tqdm(pool, desc="proxy bypass", disable=not scorer.progress):
-            bypass, _ = scorer.bypass_and_kl(candidates[key], proxy=True)
-            scores[key] = Scores(proxy_bypass=bypass)
-        order = sorted(pool, key=lambda k: scores[k].proxy_bypass)
+        order = _proxy_order(scorer, candidates, pool, scores, kl_max, induce_min)
     else:
         order = pool
     best, n_scored = None, 0
@@ -220,7 +250,8 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
         chunk = order[start:start + (top_k if mode == "pruned" else len(order))]
         for key in tqdm(chunk, desc="full scores", disable=not scorer.progress):
             full = scorer.score(candidates[key], key[0])
-            full.proxy_bypass = scores.get(key, Scores()).proxy_bypass
+            proxy = scores.get(key, Scores())
+            full.proxy_bypass, full.proxy_induce, full.proxy_kl = proxy.proxy_bypass, proxy.proxy_induce, proxy.proxy_kl
             scores[key] = full
             n_scored += 1
         ok = [k for k in chunk if passes(scores[k], k[0], n_layers, kl_max, induce_min, max_layer_frac)]
@@ -241,3 +272,17 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
                           f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
                           f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
     return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
+
+
+def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, scores: dict,
+                 kl_max: float, induce_min: float) -> list:
+    """The pruned search's order (see ``select_direction``); fills the proxy fields of ``scores``."""
+    for key in tqdm(pool, desc="proxy induce", disable=not scorer.progress):
+        scores[key] = Scores(proxy_induce=scorer.induce(candidates[key], key[0], proxy=True))
+    induces = [k for k in pool if scores[k].proxy_induce > induce_min]
+    for key in tqdm(induces, desc="proxy bypass+KL", disable=not scorer.progress):
+        scores[key].proxy_bypass, scores[key].proxy_kl = scorer.bypass_and_kl(candidates[key], proxy=True)
+    front = sorted((k for k in induces if scores[k].proxy_kl < kl_max), key=lambda k: scores[k].proxy_bypass)
+    over_kl = sorted((k for k in induces if scores[k].proxy_kl >= kl_max), key=lambda k: scores[k].proxy_kl)
+    rest = sorted(set(pool) - set(induces), key=lambda k: -scores[k].proxy_induce)
+    return front + over_kl + rest

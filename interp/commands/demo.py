@@ -27,13 +27,14 @@ def run(args) -> int:
     import argparse
 
     from ..packaged import DEFAULT_MODEL
+    from .refusal import add_parser as add_refusal_parser
     from .refusal import run as run_refusal
 
     model = args.model or DEFAULT_MODEL
     kl = args.kl_max if args.kl_max is not None else DEMO_KL.get(model, 0.1)
-    ns = argparse.Namespace(model=model, out=args.out, harmful=None, harmless=None, harmful_eval=None,
-                            harmless_eval=None, n_train=64, n_val=28, n_eval=48, mode="pruned", top_k=8, kl_max=kl,
-                            induce_min=0.0, max_layer_frac=0.8, refusal_tokens=["I", "As"], no_filter=False,
-                            max_new_tokens=48, seed=0, save_model=False)
+    # the refusal command's own parser, so the demo runs exactly its defaults
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_refusal_parser(sub)
+    ns = sub.choices["refusal"].parse_args([model, "--out", args.out, "--kl-max", str(kl)])
     print(f"interp demo: refusal direction of {model} (selection KL bound {kl})", flush=True)
     return run_refusal(ns)

@@ -21,9 +21,12 @@ def add_parser(sub) -> None:
     p.add_argument("--n-val", type=int, default=28, help="validation prompts per class after filtering (default 28)")
     p.add_argument("--n-eval", type=int, default=48, help="held-out evaluation prompts per class (default 48)")
     p.add_argument("--mode", choices=["pruned", "exhaustive"], default="pruned",
-                   help="pruned: rank candidates by a cheap proxy and fully score the best few; exhaustive: "
+                   help="pruned: rank candidates by cheap proxy scores (induce, then bypass and KL on a few "
+                   "prompts) and fully score the best few; exhaustive: "
                    "score every candidate (default pruned)")
     p.add_argument("--top-k", type=int, default=8, help="pruned mode: candidates fully scored per round (default 8)")
+    p.add_argument("--proxy-prompts", type=int, default=8,
+                   help="pruned mode: validation prompts per class the cheap proxy scores read (default 8)")
     p.add_argument("--kl-max", type=float, default=0.1, help="selection filter: KL under ablation below this")
     p.add_argument("--induce-min", type=float, default=0.0, help="selection filter: induce score above this")
     p.add_argument("--max-layer-frac", type=float, default=0.8,
@@ -60,7 +63,7 @@ def run(args) -> int:
 
     cfg = RefusalConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
                         refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
-                        top_k=args.top_k, kl_max=args.kl_max, induce_min=args.induce_min,
+                        top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max, induce_min=args.induce_min,
                         max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens)
     model = load_model(args.model)
     result = run_refusal(model, cfg, args.out, maybe(args.harmful), maybe(args.harmless), maybe(args.harmful_eval),
