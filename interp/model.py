@@ -231,36 +231,54 @@ class Model:
         return torch.tanh(logits / cap) * cap if cap else logits
 
     def last_logits(self, batch: dict[str, torch.Tensor], start_layer: int = 0,
-                    resid: torch.Tensor | None = None) -> torch.Tensor:
+                    resid: torch.Tensor | None = None, cache=None) -> torch.Tensor:
         """Next-token logits at the last position [batch, vocab], under attached hooks.
 
         The unembedding runs on the last position only. With ``start_layer``
         and ``resid`` (the cached ``resid_pre`` of that layer, [batch, seq,
         d]) the blocks below ``start_layer`` are skipped: they cannot change
         when edits start at ``start_layer``, so their output can be reused.
+        With ``cache`` (a transformers KV cache of a shared prompt prefix, see
+        ``prefix_cache``) ``batch`` holds only the tokens after the prefix,
+        its attention mask spans prefix and suffix, and the cache is extended
+        in place.
         """
         base = self.hf.base_model
+        kv = {} if cache is None else {_cache_arg(base): cache}
         with torch.no_grad():
             if resid is None:
-                h = base(**batch, use_cache=False).last_hidden_state
+                h = base(**batch, use_cache=cache is not None, **kv).last_hidden_state
             elif hasattr(base, "layers") and hasattr(base, "rotary_emb") and self.backend == "hf":
-                h = self._run_upper_blocks(base, start_layer, resid, batch)
+                h = self._run_upper_blocks(base, start_layer, resid, batch, kv)
             else:  # no fast path for this architecture: replace the block input, run everything
                 def replace(x):
                     return resid.to(x.dtype)
                 with self.hooks({Site("resid_pre", start_layer): replace}, prepend=True):
-                    h = base(**batch, use_cache=False).last_hidden_state
+                    h = base(**batch, use_cache=cache is not None, **kv).last_hidden_state
             return self._unembed(h[:, -1])
 
-    def _run_upper_blocks(self, base, start: int, resid: torch.Tensor, batch) -> torch.Tensor:
+    def prefix_cache(self, prefix_ids: Sequence[int]):
+        """The KV cache of one token prefix (batch 1), under attached hooks, for ``last_logits(cache=...)``.
+
+        Prompts that share a prefix (a chat template's system prompt) can skip
+        recomputing it: copy the cache, repeat it to the batch size
+        (``cache.batch_repeat_interleave``) and pass the suffixes.
+        """
+        base = self.hf.base_model
+        with torch.no_grad():
+            out = base(input_ids=torch.tensor([list(prefix_ids)], device=self.device), use_cache=True)
+        return getattr(out, "cache", None) or out.past_key_values
+
+    def _run_upper_blocks(self, base, start: int, resid: torch.Tensor, batch, kv: dict) -> torch.Tensor:
         """Run blocks ``start``.. on ``resid`` by handing the base model a shortened block list."""
         layers, types = base.layers, getattr(base.config, "layer_types", None)
         try:
             base.layers = nn.ModuleList(list(layers)[start:])
             if types is not None:
                 base.config.layer_types = list(types)[start:]
+            # attention modules keep their absolute layer index, so a full-depth KV cache still lines up
             return base(inputs_embeds=resid, attention_mask=batch["attention_mask"],
-                        position_ids=batch["position_ids"], use_cache=False).last_hidden_state
+                        position_ids=batch["position_ids"], use_cache=bool(kv), **kv).last_hidden_state
         finally:
             base.layers = layers
             if types is not None:
@@ -307,3 +325,10 @@ class Model:
         from .generation import generate
 
         return generate(self, prompts, max_new_tokens=max_new_tokens, **kwargs)
+
+
+def _cache_arg(base) -> str:
+    """transformers 5 renamed the forward's ``past_key_values`` to ``cache``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -111,3 +111,4 @@ def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):
     assert main(["demo", "--out", "somewhere"]) == 0
     ns = seen["ns"]
     assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEFAULT_MODEL, "somewhere", "pruned", 28, 8)
+    assert (ns.kl_max, ns.induce_min) == (0.2, -0.5)  # the documented filters of the default model

@@ -39,6 +39,8 @@ def test_candidates_and_scorer_shortcuts(tiny_llama):
     torch.testing.assert_close(cands[1, -1], (acts_h["resid_pre.1"][:, -1].double().mean(0)
                                              - acts_l["resid_pre.1"][:, -1].double().mean(0)))
     scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, proxy_prompts=2, progress=False)
+    # the chat template's shared head runs once per candidate; the checks below hold with it
+    assert scorer.prefix == m.encode(HARMFUL).ids[0][:len(scorer.prefix)] and len(scorer.prefix) >= 3
     r = cands[1, -1].float() * 3
     # induce through the cached-lower-layers shortcut equals a full forward with +r at layer 1
     batch = m.pad(m.encode(HARMLESS).ids)
@@ -50,6 +52,11 @@ def test_candidates_and_scorer_shortcuts(tiny_llama):
     with m.hooks(ablation_hooks(m, r)):
         direct = refusal_metric(m.last_logits(m.pad(m.encode(HARMFUL).ids)), ids).mean().item()
     assert abs(bypass - direct) < 1e-4 and kl >= 0
+    # KL through the cached prefix equals KL from full forwards
+    plain = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, progress=False, share_prefix=False)
+    assert plain.prefix == [] and plain.bypass_and_kl(r) == pytest.approx((bypass, kl), abs=1e-5)
+    torch.testing.assert_close(plain.base_harmful_metric.sort().values, scorer.base_harmful_metric.sort().values,
+                               atol=1e-4, rtol=0)
 
 
 def test_selection_modes_and_filters(tiny_llama):
@@ -92,9 +99,8 @@ def test_pruned_order_follows_the_proxy_filters(tiny_llama):
     pr = select_direction(scorer, cands, mode="pruned", top_k=2, **filters)
     assert (pr.layer, pr.position) == (ex.layer, ex.position)
     assert pr.n_scored == 2  # an exact proxy puts a passing candidate in the first round
-    # bypass and KL are read on the proxy only for candidates that induce
-    for s in pr.scores.values():
-        assert (s.proxy_induce > filters["induce_min"]) == (not math.isnan(s.proxy_bypass))
+    # every candidate whose proxy induce clears the filter gets bypass and KL on the proxy
+    assert all(not math.isnan(s.proxy_bypass) for s in pr.scores.values() if s.proxy_induce > filters["induce_min"])
 
 
 def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):

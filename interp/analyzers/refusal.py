@@ -21,6 +21,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -99,10 +100,10 @@ class Scores:
 class _PromptSet:
     """Validation prompts tokenized into padded batches, with what every candidate reuses."""
 
-    harmful: list  # [(batch, rows)], sorted by length to keep padding small
+    harmful: list  # [(batch, rows)], sorted by length to keep padding small; tokens after the shared prefix
     harmless: list
     base_harmless: torch.Tensor  # last-position logits on the harmless prompts, in batch order
-    resid: list  # per harmless batch: resid_pre of every layer, [batch, seq, d] each
+    resid: list  # per harmless batch: resid_pre of every layer after the prefix, [batch, seq, d] each
 
 
 class CandidateScorer:
@@ -112,42 +113,64 @@ class CandidateScorer:
     once, their baseline last-position logits computed once, and the harmless
     residual stream at every block input cached in the same forward, so the
     induce score of a layer-l candidate runs only blocks l.. (the blocks below
-    cannot change). A second, smaller set of ``proxy_prompts`` prompts per
-    class (spread over the lengths) serves the cheap proxy scores of the
-    pruned search.
+    cannot change). The token prefix every prompt shares (the chat template's
+    system prompt and user header: about half the tokens of a Qwen prompt)
+    runs once per candidate, batch 1, and its KV cache serves every batch.
+    A second, smaller set of ``proxy_prompts`` prompts per class (spread over
+    the list) serves the cheap proxy scores of the pruned search.
     """
 
     def __init__(self, model, harmful_val: Sequence[str], harmless_val: Sequence[str],
                  refusal_ids: Sequence[int], batch_size: int = 16, proxy_prompts: int = 8,
-                 progress: bool = True):
+                 progress: bool = True, share_prefix: bool = True):
         self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
+        every = model.encode(list(harmful_val) + list(harmless_val)).ids
+        self.prefix = _shared_prefix(every) if share_prefix and model.backend == "hf" else []
         self.full = self._prompt_set(harmful_val, harmless_val, batch_size)
         self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
                                       batch_size)
-        with torch.no_grad():
-            self.base_harmful_metric = torch.cat([refusal_metric(model.last_logits(b), self.refusal_ids)
-                                                  for b, _ in self.full.harmful])
+        kv = self._prefix_kv()
+        self.base_harmful_metric = torch.cat([refusal_metric(self._logits(b, kv), self.refusal_ids)
+                                              for b, _ in self.full.harmful])
         self.base_harmless_metric = refusal_metric(self.full.base_harmless, self.refusal_ids)
 
     def _batches(self, prompts, batch_size):
         enc = self.model.encode(prompts)
         order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
+        n = len(self.prefix)
         out = []
         for s in range(0, len(order), batch_size):
             rows = order[s:s + batch_size]
-            out.append((self.model.pad([enc.ids[i] for i in rows]), rows))
+            batch = self.model.pad([enc.ids[i][n:] for i in rows])
+            if n:  # the suffixes follow the cached prefix: the mask spans both, positions continue from it
+                mask = batch["attention_mask"]
+                batch["attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], 1)
+                batch["position_ids"] = batch["position_ids"] + n
+            out.append((batch, rows))
         return out
+
+    def _prefix_kv(self):
+        """KV cache of the shared prefix under the hooks attached now (None without a prefix)."""
+        return self.model.prefix_cache(self.prefix) if self.prefix else None
+
+    def _logits(self, batch, kv, **kwargs) -> torch.Tensor:
+        if kv is None:
+            return self.model.last_logits(batch, **kwargs)
+        kv = copy.deepcopy(kv)  # the forward appends to the cache
+        kv.batch_repeat_interleave(batch["input_ids"].shape[0])
+        return self.model.last_logits(batch, cache=kv, **kwargs)
 
     def _prompt_set(self, harmful, harmless, batch_size) -> _PromptSet:
         harmless_batches = self._batches(harmless, batch_size)
+        kv = self._prefix_kv()
         logits, resid = [], []
         for batch, _ in harmless_batches:
-            lg, cache = self._logits_and_resid(batch)
+            lg, cache = self._logits_and_resid(batch, kv)
             logits.append(lg)
             resid.append(cache)
         return _PromptSet(self._batches(harmful, batch_size), harmless_batches, torch.cat(logits), resid)
 
-    def _logits_and_resid(self, batch) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _logits_and_resid(self, batch, kv) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Last-position logits and resid_pre of every layer ([batch, seq, d] each), one forward."""
         cache: dict[int, torch.Tensor] = {}
 
@@ -158,7 +181,7 @@ class CandidateScorer:
 
         with self.model.hooks({Site("resid_pre", layer): keep(layer) for layer in range(self.model.n_layers)}), \
                 torch.no_grad():
-            logits = self.model.last_logits(batch)
+            logits = self._logits(batch, kv)
         return logits, [cache[layer] for layer in range(self.model.n_layers)]
 
     def bypass_and_kl(self, direction: torch.Tensor, proxy: bool = False) -> tuple[float, float]:
@@ -166,32 +189,53 @@ class CandidateScorer:
 
         With ``proxy`` the small proxy set is read instead of the full one.
         """
+        metrics, kls = self.bypass_and_kl_values(direction, proxy)
+        return metrics.mean().item(), kls.mean().item()
+
+    def bypass_and_kl_values(self, direction: torch.Tensor, proxy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-prompt values behind ``bypass_and_kl`` (in batch order)."""
         ps = self.proxy if proxy else self.full
         metrics, kls = [], []
         with self.model.hooks(ablation_hooks(self.model, direction)), torch.no_grad():
+            kv = self._prefix_kv()
             for batch, _ in ps.harmful:
-                metrics.append(refusal_metric(self.model.last_logits(batch), self.refusal_ids))
+                metrics.append(refusal_metric(self._logits(batch, kv), self.refusal_ids))
             start = 0
             for batch, rows in ps.harmless:
-                logits = self.model.last_logits(batch)
+                logits = self._logits(batch, kv)
                 kls.append(kl_last(ps.base_harmless[start:start + len(rows)], logits))
                 start += len(rows)
-        return torch.cat(metrics).mean().item(), torch.cat(kls).mean().item()
+        return torch.cat(metrics), torch.cat(kls)
 
     def induce(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> float:
         """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
+        return self.induce_values(direction, layer, proxy).mean().item()
+
+    def induce_values(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> torch.Tensor:
+        """Per-prompt values behind ``induce`` (in batch order)."""
         ps = self.proxy if proxy else self.full
         r = direction.to(self.model.device, next(self.model.hf.parameters()).dtype)
+        with self.model.hooks({Site("resid_pre", layer): lambda x: x + r}):
+            kv = self._prefix_kv()  # the prefix is steered too
         metrics = []
         for (batch, _), resid in zip(ps.harmless, ps.resid):
-            steered = resid[layer] + batch["attention_mask"][..., None].to(r.dtype) * r
-            logits = self.model.last_logits(batch, start_layer=layer, resid=steered)
+            seq = resid[layer].shape[1]
+            steered = resid[layer] + batch["attention_mask"][:, -seq:, None].to(r.dtype) * r
+            logits = self._logits(batch, kv, start_layer=layer, resid=steered)
             metrics.append(refusal_metric(logits, self.refusal_ids))
-        return torch.cat(metrics).mean().item()
+        return torch.cat(metrics)
 
     def score(self, direction: torch.Tensor, layer: int) -> Scores:
         bypass, kl = self.bypass_and_kl(direction)
         return Scores(bypass=bypass, induce=self.induce(direction, layer), kl=kl)
+
+
+def _shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix of every list that still leaves each at least one token of its own."""
+    n = 0
+    while all(len(x) > n + 1 for x in ids) and len({x[n] for x in ids}) == 1:
+        n += 1
+    return list(ids[0][:n])
 
 
 def _spread(prompts: Sequence[str], n: int) -> list[str]:
@@ -225,12 +269,12 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
     ranks them by the same three scores on the scorer's small proxy set,
     cheapest first: induce for every candidate (it runs only the blocks
     above the candidate's layer), then bypass and KL (one ablated forward)
-    for those that induce. Candidates that pass both filters on the proxy
-    come first, lowest proxy bypass first; then those over the KL bound
-    (lowest proxy KL first); then those that do not induce (highest proxy
-    induce first). It fully scores ``top_k`` at a time in that order and
-    stops after the first round in which some candidate passes the filters,
-    so a noisy proxy costs time, never a candidate: every one is reachable.
+    for those that plausibly induce. Candidates that plausibly pass both
+    filters (within two standard errors of the proxy means) come first,
+    lowest proxy bypass first; then the rest, nearest misses first. It fully
+    scores ``top_k`` at a time in that order and stops after the first round
+    in which some candidate passes the filters, so a noisy proxy costs time,
+    never a candidate: every one is reachable.
     """
     if mode not in ("pruned", "exhaustive"):
         raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
@@ -275,14 +319,27 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
 
 
 def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, scores: dict,
-                 kl_max: float, induce_min: float) -> list:
-    """The pruned search's order (see ``select_direction``); fills the proxy fields of ``scores``."""
+                 kl_max: float, induce_min: float, z: float = 2.0) -> list:
+    """The pruned search's order (see ``select_direction``); fills the proxy fields of ``scores``.
+
+    A proxy mean over a few prompts is noisy, so a candidate counts as
+    plausibly passing when the filter holds within ``z`` standard errors of
+    that mean; the others follow, those that miss by the fewest standard
+    errors first.
+    """
+    miss: dict = {}  # standard errors by which a candidate misses a filter on the proxy (<= 0: plausible)
     for key in tqdm(pool, desc="proxy induce", disable=not scorer.progress):
-        scores[key] = Scores(proxy_induce=scorer.induce(candidates[key], key[0], proxy=True))
-    induces = [k for k in pool if scores[k].proxy_induce > induce_min]
-    for key in tqdm(induces, desc="proxy bypass+KL", disable=not scorer.progress):
-        scores[key].proxy_bypass, scores[key].proxy_kl = scorer.bypass_and_kl(candidates[key], proxy=True)
-    front = sorted((k for k in induces if scores[k].proxy_kl < kl_max), key=lambda k: scores[k].proxy_bypass)
-    over_kl = sorted((k for k in induces if scores[k].proxy_kl >= kl_max), key=lambda k: scores[k].proxy_kl)
-    rest = sorted(set(pool) - set(induces), key=lambda k: -scores[k].proxy_induce)
-    return front + over_kl + rest
+        values = scorer.induce_values(candidates[key], key[0], proxy=True)
+        scores[key] = Scores(proxy_induce=values.mean().item())
+        miss[key] = (induce_min - values.mean().item()) / _stderr(values) - z
+    inducing = [k for k in pool if miss[k] <= 0]
+    for key in tqdm(inducing, desc="proxy bypass+KL", disable=not scorer.progress):
+        metrics, kls = scorer.bypass_and_kl_values(candidates[key], proxy=True)
+        scores[key].proxy_bypass, scores[key].proxy_kl = metrics.mean().item(), kls.mean().item()
+        miss[key] = max(miss[key], (kls.mean().item() - kl_max) / _stderr(kls) - z)
+    front = sorted((k for k in inducing if miss[k] <= 0), key=lambda k: scores[k].proxy_bypass)
+    return front + sorted((k for k in pool if miss[k] > 0), key=lambda k: miss[k])
+
+
+def _stderr(values: torch.Tensor) -> float:
+    return max(values.std().item() / math.sqrt(len(values)), 1e-6) if len(values) > 1 else 1e-6

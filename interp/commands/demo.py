@@ -15,12 +15,16 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--kl-max", type=float, default=None,
                    help="KL filter of the selection (default: the model's documented setting, else 0.1)")
+    p.add_argument("--induce-min", type=float, default=None,
+                   help="induce filter of the selection (default: the model's documented setting, else 0)")
     p.set_defaults(func=run)
 
 
-# Selection KL bound per packaged model, from the measurements in docs/refusal.md:
-# on the 0.5B model no candidate that bypasses refusal keeps KL under the paper's 0.1.
-DEMO_KL = {"qwen2.5-coder-0.5b-instruct": 0.2}
+# Selection filters per packaged model, from the measurements in docs/refusal.md: on the
+# 0.5B model no candidate keeps the paper's induce > 0 on 28 + 28 validation prompts (the
+# best reach -0.21), and those that bypass refusal move the harmless next-token
+# distribution by up to 0.24 in KL.
+DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5}}
 
 
 def run(args) -> int:
@@ -31,10 +35,16 @@ def run(args) -> int:
     from .refusal import run as run_refusal
 
     model = args.model or DEFAULT_MODEL
-    kl = args.kl_max if args.kl_max is not None else DEMO_KL.get(model, 0.1)
+    filters = {"kl_max": 0.1, "induce_min": 0.0, **DEMO_FILTERS.get(model, {})}
+    if args.kl_max is not None:
+        filters["kl_max"] = args.kl_max
+    if args.induce_min is not None:
+        filters["induce_min"] = args.induce_min
     # the refusal command's own parser, so the demo runs exactly its defaults
     sub = argparse.ArgumentParser().add_subparsers()
     add_refusal_parser(sub)
-    ns = sub.choices["refusal"].parse_args([model, "--out", args.out, "--kl-max", str(kl)])
-    print(f"interp demo: refusal direction of {model} (selection KL bound {kl})", flush=True)
+    ns = sub.choices["refusal"].parse_args([model, "--out", args.out, "--kl-max", str(filters["kl_max"]),
+                                            "--induce-min", str(filters["induce_min"])])
+    print(f"interp demo: refusal direction of {model} (selection filters: KL < {filters['kl_max']}, "
+          f"induce > {filters['induce_min']})", flush=True)
     return run_refusal(ns)
