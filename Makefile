@@ -7,7 +7,7 @@ PY          := $(VENV)/bin/python
 # index of your choice). Machines with CUDA get pip's default (GPU) build.
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
-DEMO_MODEL  ?= qwen2.5-coder-0.5b-instruct
+DEMO_MODEL  ?= qwen2.5-coder-1.5b-instruct
 DEMO_OUT    ?= reports/demo
 PYTEST_ARGS ?=
 

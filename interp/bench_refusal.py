@@ -12,14 +12,14 @@ import time
 
 
 def bench_refusal(model_name: str, n_train: int = 64, n_val: int = 28, kl_max: float = 0.1, top_k: int = 8,
-                  seed: int = 0, progress: bool = True) -> dict:
+                  seed: int = 0, induce_min: float = 0.0, progress: bool = True) -> dict:
     from . import datasets
     from .analyzers.refusal import CandidateScorer, candidate_directions, refusal_token_ids, select_direction
     from .loading import load_model
     from .refusal import RefusalConfig, split_prompts
 
     model = load_model(model_name, progress=progress)
-    cfg = RefusalConfig(n_train=n_train, n_val=n_val, kl_max=kl_max, top_k=top_k, seed=seed)
+    cfg = RefusalConfig(n_train=n_train, n_val=n_val, kl_max=kl_max, induce_min=induce_min, top_k=top_k, seed=seed)
     ids = refusal_token_ids(model.tokenizer, cfg.refusal_tokens)
     t = {"start": time.time()}
     splits, counts = split_prompts(model, datasets.harmful_instructions(), datasets.harmless_instructions(), cfg,
@@ -43,6 +43,7 @@ def bench_refusal(model_name: str, n_train: int = 64, n_val: int = 28, kl_max: f
               "scorer_setup_s": t["scorer_setup"] - t["candidates"]}
     return {
         "model": model_name, "n_train": n_train, "n_val": n_val, "filter_counts": counts, "kl_max": kl_max,
+        "induce_min": induce_min,
         "n_candidates": int(cands.shape[0] * cands.shape[1]),
         "pruned": {"wall_s": round(shared + pruned_s, 1), "search_s": round(pruned_s, 1),
                    "fully_scored": pruned.n_scored, "choice": [pruned.layer, pruned.position],

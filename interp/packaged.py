@@ -27,6 +27,9 @@ from pathlib import Path
 from .errors import InterpError
 
 DEFAULT_MODEL = "qwen2.5-coder-0.5b-instruct"
+# The refusal demo's model: the 1.5B refuses more at baseline and its direction meets every target
+# the 0.5B misses (docs/refusal.md); the 0.5B stays the library's default because it is 3x faster.
+DEMO_MODEL = "qwen2.5-coder-1.5b-instruct"
 
 
 @dataclass(frozen=True)

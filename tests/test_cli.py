@@ -104,11 +104,11 @@ def test_bench_generate_json():
 
 def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):
     import interp.commands.refusal as refusal_cmd
-    from interp.packaged import DEFAULT_MODEL
+    from interp.packaged import DEMO_MODEL
 
     seen = {}
     monkeypatch.setattr(refusal_cmd, "run", lambda ns: seen.setdefault("ns", ns) and 0)
     assert main(["demo", "--out", "somewhere"]) == 0
     ns = seen["ns"]
-    assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEFAULT_MODEL, "somewhere", "pruned", 28, 8)
+    assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEMO_MODEL, "somewhere", "pruned", 28, 8)
     assert (ns.kl_max, ns.induce_min) == (0.2, -0.5)  # the documented filters of the default model

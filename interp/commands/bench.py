@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
@@ -36,6 +37,8 @@ def add_parser(sub) -> None:
     ref.add_argument("--n-train", type=int, default=64, help="training prompts per class (default 64)")
     ref.add_argument("--n-val", type=int, default=28, help="validation prompts per class (default 28)")
     ref.add_argument("--kl-max", type=float, default=0.1, help="KL filter of the selection (default 0.1)")
+    ref.add_argument("--induce-min", type=float, default=0.0, help="induce filter of the selection (default 0)")
+    ref.add_argument("--out", help="also write the full result (every candidate's scores) to this JSON file")
     ref.add_argument("--top-k", type=int, default=8, help="pruned mode: candidates fully scored per round")
     ref.add_argument("--json", action="store_true", help="print one JSON object")
     ref.set_defaults(func=run_refusal)
@@ -60,7 +63,9 @@ def run_refusal(args) -> int:
     from ..packaged import DEFAULT_MODEL
 
     r = bench_refusal(args.model or DEFAULT_MODEL, args.n_train, args.n_val, args.kl_max, args.top_k,
-                      progress=not args.json)
+                      induce_min=args.induce_min, progress=not args.json)
+    if args.out:
+        Path(args.out).write_text(json.dumps(r, indent=1))
     if args.json:
         print(json.dumps(r))
         return 0

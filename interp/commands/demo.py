@@ -1,17 +1,20 @@
-"""``interp demo``: interp's main job on the packaged default model.
+"""``interp demo``: interp's main job, the refusal direction, on the packaged demo model.
 
 Runs the refusal-direction pipeline (``interp refusal``) with its defaults
-and prints a short summary; the report lands in ``--out``.
+and the model's documented selection filters, and prints a short summary;
+the report lands in ``--out``. The demo model is Qwen2.5-Coder-1.5B-Instruct,
+the packaged model whose refusal direction has the clearer effect.
 """
 from __future__ import annotations
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the default model",
-                       description="Run the refusal-direction pipeline (Arditi et al.) on the packaged default "
-                       "model: filter prompts, search candidates, evaluate on held-out prompts, and write "
+    p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the packaged demo model",
+                       description="Run the refusal-direction pipeline (Arditi et al.) on the packaged demo model "
+                       "(Qwen2.5-Coder-1.5B-Instruct, about 30 min on 2 CPU cores): filter prompts, search candidates, evaluate on held-out prompts, and write "
                        "direction.safetensors, report.json and report.html.")
-    p.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    p.add_argument("--model", default=None,
+                   help="model (default: qwen2.5-coder-1.5b-instruct; qwen2.5-coder-0.5b-instruct takes 11 min)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--kl-max", type=float, default=None,
                    help="KL filter of the selection (default: the model's documented setting, else 0.1)")
@@ -23,18 +26,20 @@ def add_parser(sub) -> None:
 # Selection filters per packaged model, from the measurements in docs/refusal.md: on the
 # 0.5B model no candidate keeps the paper's induce > 0 on 28 + 28 validation prompts (the
 # best reach -0.21), and those that bypass refusal move the harmless next-token
-# distribution by up to 0.24 in KL.
-DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5}}
+# distribution by up to 0.24 in KL. The 1.5B run was measured with the same filters; its
+# choice also passes the paper's (induce 0.25, KL 0.092).
+DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5},
+                "qwen2.5-coder-1.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5}}
 
 
 def run(args) -> int:
     import argparse
 
-    from ..packaged import DEFAULT_MODEL
+    from ..packaged import DEMO_MODEL
     from .refusal import add_parser as add_refusal_parser
     from .refusal import run as run_refusal
 
-    model = args.model or DEFAULT_MODEL
+    model = args.model or DEMO_MODEL
     filters = {"kl_max": 0.1, "induce_min": 0.0, **DEMO_FILTERS.get(model, {})}
     if args.kl_max is not None:
         filters["kl_max"] = args.kl_max
