@@ -107,8 +107,11 @@ def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):
     from interp.packaged import DEMO_MODEL
 
     seen = {}
-    monkeypatch.setattr(refusal_cmd, "run", lambda ns: seen.setdefault("ns", ns) and 0)
+    monkeypatch.setattr(refusal_cmd, "run", lambda ns: seen.update(ns=ns) or 0)
     assert main(["demo", "--out", "somewhere"]) == 0
     ns = seen["ns"]
     assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEMO_MODEL, "somewhere", "pruned", 28, 8)
-    assert (ns.kl_max, ns.induce_min) == (0.2, -0.5)  # the documented filters of the default model
+    assert (ns.kl_max, ns.induce_min) == (0.2, -0.5)  # the documented filters of the demo model
+    # another model gets interp refusal's own defaults; a filter given on the command line wins
+    assert main(["demo", "--model", "some/model", "--out", "o", "--induce-min", "0.3"]) == 0
+    assert (seen["ns"].kl_max, seen["ns"].induce_min) == (0.1, 0.3)

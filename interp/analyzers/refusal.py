@@ -126,10 +126,10 @@ class CandidateScorer:
         self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
         every = model.encode(list(harmful_val) + list(harmless_val)).ids
         self.prefix = _shared_prefix(every) if share_prefix and model.backend == "hf" else []
-        self.full = self._prompt_set(harmful_val, harmless_val, batch_size)
+        kv = self._prefix_kv()  # unedited, shared by every baseline below
+        self.full = self._prompt_set(harmful_val, harmless_val, batch_size, kv)
         self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
-                                      batch_size)
-        kv = self._prefix_kv()
+                                      batch_size, kv)
         self.base_harmful_metric = torch.cat([refusal_metric(self._logits(b, kv), self.refusal_ids)
                                               for b, _ in self.full.harmful])
         self.base_harmless_metric = refusal_metric(self.full.base_harmless, self.refusal_ids)
@@ -160,9 +160,8 @@ class CandidateScorer:
         kv.batch_repeat_interleave(batch["input_ids"].shape[0])
         return self.model.last_logits(batch, cache=kv, **kwargs)
 
-    def _prompt_set(self, harmful, harmless, batch_size) -> _PromptSet:
+    def _prompt_set(self, harmful, harmless, batch_size, kv) -> _PromptSet:
         harmless_batches = self._batches(harmless, batch_size)
-        kv = self._prefix_kv()
         logits, resid = [], []
         for batch, _ in harmless_batches:
             lg, cache = self._logits_and_resid(batch, kv)

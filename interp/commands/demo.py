@@ -11,15 +11,18 @@ from __future__ import annotations
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the packaged demo model",
                        description="Run the refusal-direction pipeline (Arditi et al.) on the packaged demo model "
-                       "(Qwen2.5-Coder-1.5B-Instruct, about 30 min on 2 CPU cores): filter prompts, search candidates, evaluate on held-out prompts, and write "
-                       "direction.safetensors, report.json and report.html.")
+                       "(Qwen2.5-Coder-1.5B-Instruct, about 30 min on 2 CPU cores): filter prompts, search "
+                       "candidates, evaluate on held-out prompts, and write direction.safetensors, report.json "
+                       "and report.html.")
     p.add_argument("--model", default=None,
                    help="model (default: qwen2.5-coder-1.5b-instruct; qwen2.5-coder-0.5b-instruct takes 11 min)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--kl-max", type=float, default=None,
-                   help="KL filter of the selection (default: the model's documented setting, else 0.1)")
+                   help="KL filter of the selection (default: the model's documented setting, else interp "
+                   "refusal's)")
     p.add_argument("--induce-min", type=float, default=None,
-                   help="induce filter of the selection (default: the model's documented setting, else 0)")
+                   help="induce filter of the selection (default: the model's documented setting, else interp "
+                   "refusal's)")
     p.set_defaults(func=run)
 
 
@@ -40,16 +43,15 @@ def run(args) -> int:
     from .refusal import run as run_refusal
 
     model = args.model or DEMO_MODEL
-    filters = {"kl_max": 0.1, "induce_min": 0.0, **DEMO_FILTERS.get(model, {})}
-    if args.kl_max is not None:
-        filters["kl_max"] = args.kl_max
-    if args.induce_min is not None:
-        filters["induce_min"] = args.induce_min
-    # the refusal command's own parser, so the demo runs exactly its defaults
+    filters = {**DEMO_FILTERS.get(model, {}),
+               **{k: v for k, v in (("kl_max", args.kl_max), ("induce_min", args.induce_min)) if v is not None}}
+    # the refusal command's own parser, so the demo runs exactly its defaults where no filter is set here
     sub = argparse.ArgumentParser().add_subparsers()
     add_refusal_parser(sub)
-    ns = sub.choices["refusal"].parse_args([model, "--out", args.out, "--kl-max", str(filters["kl_max"]),
-                                            "--induce-min", str(filters["induce_min"])])
-    print(f"interp demo: refusal direction of {model} (selection filters: KL < {filters['kl_max']}, "
-          f"induce > {filters['induce_min']})", flush=True)
+    argv = [model, "--out", args.out]
+    for name, value in filters.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    ns = sub.choices["refusal"].parse_args(argv)
+    print(f"interp demo: refusal direction of {model} (selection filters: KL < {ns.kl_max}, "
+          f"induce > {ns.induce_min})", flush=True)
     return run_refusal(ns)

@@ -63,7 +63,8 @@ def run(args) -> int:
 
     cfg = RefusalConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
                         refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
-                        top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max, induce_min=args.induce_min,
+                        top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max,
+                        induce_min=args.induce_min,
                         max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens)
     model = load_model(args.model)
     result = run_refusal(model, cfg, args.out, maybe(args.harmful), maybe(args.harmless), maybe(args.harmful_eval),
