@@ -9,6 +9,7 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ from .errors import InterpError
 from .sites import SITE_NAMES, SiteLike, parse_site
 
 _MASK, _POS = "__mask__", "__positions__"
+
+
+def prompt_hash(text: str) -> str:
+    """A short SHA-256 of a formatted prompt: how captures and stores recognise their prompts."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @dataclass

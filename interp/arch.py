@@ -18,6 +18,10 @@ from .sites import Site
 HookFn = Callable[[torch.Tensor], Optional[torch.Tensor]]
 
 
+class StopForward(Exception):
+    """Raised by a hook once the last needed layer has run, to end a capture's forward early."""
+
+
 @dataclass(frozen=True)
 class BlockLayout:
     """Attribute paths inside one decoder block."""

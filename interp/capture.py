@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 from . import __version__
 from .activations import Activations
 from .errors import InterpError
-from .model import _StopForward, prompt_hash
+from .activations import prompt_hash
+from .arch import StopForward
 from .positions import describe, pack, resolve_positions
 from .sites import Site, expand_sites
 
@@ -74,7 +75,7 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
             state["idx"] = idx[rows] + offsets  # padded coordinates
             try:
                 model._forward(batch)
-            except _StopForward:
+            except StopForward:
                 pass
     for t in out.values():
         t[~mask] = 0

@@ -189,7 +189,7 @@ def evaluate_guard(model, guard: LatentGuard, families: dict[str, tuple[list[str
 def wrap_in_jailbreaks(model, prompts: Sequence[str], templates: Sequence[str], seed: int = 0,
                        max_tokens: int | None = None) -> list[str]:
     """Each prompt inside a random in-the-wild jailbreak template that keeps it within the context."""
-    from .datasets import wrap
+    from .data.prompts import wrap
 
     limit = max_tokens or (model.max_context or 4096)
     rng = random.Random(seed)
@@ -205,7 +205,7 @@ def run_harmfulness(model, out_dir: str | Path | None = None, n_fit: int = 100, 
                     alphas: Sequence[float] = (0.0, 0.5, 1.0, 2.0), seed: int = 0, max_new_tokens: int = 32,
                     max_jailbreak_tokens: int = 700, progress: bool = True) -> dict:
     """The whole experiment; writes report.json, report.html and guard.safetensors to ``out_dir``."""
-    from . import datasets
+    from .data import prompts as datasets
 
     t0 = time.time()
     rng = random.Random(seed)

@@ -22,13 +22,10 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .arch import HookFn, count_hooks, find_layers, layout_for, register_hf_hook
+from .activations import prompt_hash  # noqa: F401  (re-exported: older code imports it from here)
+from .arch import HookFn, StopForward, count_hooks, find_layers, layout_for, register_hf_hook
 from .errors import InterpError
 from .sites import Site, SiteLike, parse_site
-
-
-class _StopForward(Exception):
-    """Raised by a hook once the last needed layer has run (capture only)."""
 
 
 @dataclass
@@ -42,10 +39,6 @@ class Encoded:
     @property
     def lengths(self) -> list[int]:
         return [len(x) for x in self.ids]
-
-
-def prompt_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class Model:
@@ -207,7 +200,7 @@ class Model:
                 handles += self._register(parse_site(site, self.n_layers), fn, prepend)
             if stop_after_layer is not None and stop_after_layer < self.n_layers - 1:
                 def stop(module, args, out):
-                    raise _StopForward
+                    raise StopForward
                 handles.append(self._block(stop_after_layer).register_forward_hook(stop))
             yield
         finally:

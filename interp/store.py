@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .activations import Activations
 from .errors import InterpError
-from .model import prompt_hash
+from .activations import prompt_hash
 from .packaged import sha256_file
 from .positions import describe
 from .sites import SiteLike, expand_sites, parse_site

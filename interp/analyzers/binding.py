@@ -55,7 +55,7 @@ def check_pairs(X: torch.Tensor, pairs, labels=None) -> tuple[torch.Tensor, torc
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise InterpError(f"pairs must be [n_pairs, 2] row indices into X, got shape {tuple(pairs.shape)}")
     if pairs.shape[0] == 0:
-        raise InterpError("there are no pairs; build some with interp.binding_data.sample_pairs")
+        raise InterpError("there are no pairs; build some with interp.data.binding.sample_pairs")
     if torch.is_floating_point(pairs):
         raise InterpError("pairs must be integer row indices into X")
     pairs = pairs.long()

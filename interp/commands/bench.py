@@ -46,7 +46,7 @@ def add_parser(sub) -> None:
 
 
 def run_capture(args) -> int:
-    from ..bench_capture import bench_capture, print_table
+    from ..bench.capture import bench_capture, print_table
     from ..packaged import DEFAULT_MODEL
 
     result = bench_capture(args.model or DEFAULT_MODEL, batch=args.batch, seq=args.seq, reps=args.reps,
@@ -59,7 +59,7 @@ def run_capture(args) -> int:
 
 
 def run_refusal(args) -> int:
-    from ..bench_refusal import bench_refusal
+    from ..bench.refusal import bench_refusal
     from ..packaged import DEFAULT_MODEL
 
     r = bench_refusal(args.model or DEFAULT_MODEL, args.n_train, args.n_val, args.kl_max, args.top_k,
@@ -81,7 +81,7 @@ def run_refusal(args) -> int:
 
 
 def run_generate(args) -> int:
-    from ..bench_generate import bench_generate
+    from ..bench.generate import bench_generate
     from ..packaged import DEFAULT_MODEL
 
     r = bench_generate(args.model or DEFAULT_MODEL, args.batch, args.new_tokens, args.reps, progress=not args.json)

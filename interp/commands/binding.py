@@ -69,7 +69,7 @@ def parse_layers(spec: str, n_layers: int) -> list[int]:
 # ---------------------------------------------------------------- the path
 def tokenize_texts(model, records: Sequence[dict]) -> dict:
     """Token ids, entity/mention/word groups per text, checked against ``model.encode(chat=False)``."""
-    from ..binding_data import entity_groups, token_offsets, word_groups
+    from ..data.binding import entity_groups, token_offsets, word_groups
     from ..errors import InterpError
 
     texts = [r["text"] for r in records]
@@ -129,7 +129,7 @@ def binding_experiment(model, records: Sequence[dict], layers: Sequence[int], ta
                        kinds: Sequence[str] = PROBE_KINDS) -> dict:
     """Run the whole analysis and return the report dict (see ``interp binding --help``)."""
     from ..analyzers.binding import PairwiseProbe, class_balance, evaluate_kinds, majority_baseline, min_rank_within
-    from ..binding_data import sample_pairs, split_units
+    from ..data.binding import sample_pairs, split_units
     from ..errors import InterpError
 
     t0 = time.time()
@@ -295,7 +295,7 @@ def summary_lines(report: dict) -> list[str]:
 
 
 def run(args) -> int:
-    from ..binding_data import load_coref_texts
+    from ..data.binding import load_coref_texts
     from ..loading import load_model
     from ..plots import write_html
 

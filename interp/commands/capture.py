@@ -37,7 +37,7 @@ def parse_positions(text: str):
 def run(args) -> int:
     import torch
 
-    from ..datasets import read_prompt_file as read_lines
+    from ..data.prompts import read_prompt_file as read_lines
     from ..loading import load_model
 
     prompts = read_lines(args.prompts)

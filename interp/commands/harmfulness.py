@@ -57,7 +57,7 @@ def run_experiment(args) -> int:
 
 def run_fit(args) -> int:
     from ..analyzers.harmfulness import LatentGuard
-    from ..datasets import read_prompt_file
+    from ..data.prompts import read_prompt_file
     from ..harmfulness import guard_features
     from ..loading import load_model
 
@@ -76,7 +76,7 @@ def run_fit(args) -> int:
 
 def run_score(args) -> int:
     from ..analyzers.harmfulness import LatentGuard
-    from ..datasets import read_prompt_file
+    from ..data.prompts import read_prompt_file
     from ..errors import InterpError
     from ..harmfulness import guard_features
     from ..loading import load_model

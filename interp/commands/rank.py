@@ -9,7 +9,7 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser("rank", help="effective rank (k99/d) of attn_out, mlp_out and resid_post per layer",
                        description="Capture attention outputs, MLP outputs and the residual stream on English "
-                       "documentation prose (interp.corpus) into an activation store, and report per layer the "
+                       "documentation prose (interp.data.corpus) into an activation store, and report per layer the "
                        "smallest k whose top-k principal components explain 99%% of the variance, divided by d, "
                        "with bootstrap CIs (report.json, report.html).")
     p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..analyzers.rank import fit_store_sites
-    from ..corpus import passages_for
+    from ..data.corpus import passages_for
     from ..errors import InterpError
     from ..loading import load_model
     from ..plots import write_html

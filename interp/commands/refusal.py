@@ -54,7 +54,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..datasets import read_prompt_file
+    from ..data.prompts import read_prompt_file
     from ..loading import load_model
     from ..refusal import RefusalConfig, run_refusal
 
@@ -84,7 +84,7 @@ def run(args) -> int:
 
 
 def run_eval(args) -> int:
-    from ..datasets import read_prompt_file
+    from ..data.prompts import read_prompt_file
     from ..directions import load_direction
     from ..errors import InterpError
     from ..loading import load_model

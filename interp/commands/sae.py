@@ -57,7 +57,7 @@ def add_parser(sub) -> None:
 
 
 def _setup(args):
-    from ..corpus import passages_for
+    from ..data.corpus import passages_for
     from ..loading import load_model
     from ..sae_training import SAETrainConfig
     from ..sites import Site

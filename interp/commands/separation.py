@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..analyzers.separation import layer_separation
-    from ..datasets import read_prompt_file as read_lines
+    from ..data.prompts import read_prompt_file as read_lines
     from ..loading import load_model
     from ..packaged import DEFAULT_MODEL
     from ..plots import layer_lines, write_html

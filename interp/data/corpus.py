@@ -23,8 +23,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InterpError
-from .packaged import interp_home, sha256_file
+from ..errors import InterpError
+from ..packaged import interp_home, sha256_file
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ COMPLETION_PROMPTS = (
 def completion_corpus(model, prompts: list[str] | None = None, max_new_tokens: int = 128,
                       batch_size: int = 8) -> list[str]:
     """The model's own greedy chat completions of ``prompts`` (default: ``COMPLETION_PROMPTS``), a second corpus."""
-    from .generation import generate
+    from ..generation import generate
 
     prompts = list(COMPLETION_PROMPTS if prompts is None else prompts)
     return [c for c in generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size) if c.strip()]

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from .bench_capture import _median_time as _median
+from .capture import _median_time as _median
 
 
 def bench_generate(model_name: str, batch: int = 8, new_tokens: int = 32, reps: int = 3, seed: int = 0,
                    progress: bool = True) -> dict:
-    from .interventions import everywhere
-    from .loading import load_model
+    from ..interventions import everywhere
+    from ..loading import load_model
 
     model = load_model(model_name, progress=progress)
     prompts = ["Write a short story about a lighthouse keeper.", "Explain how rainbows form.",
@@ -52,7 +52,7 @@ def bench_generate(model_name: str, batch: int = 8, new_tokens: int = 32, reps: 
 
 
 def _tl(model, padded, direction, kwargs, reps: int) -> float:
-    from .tl_backend import TLModel
+    from ..tl_backend import TLModel
 
     tl = TLModel.from_hf(model.hf, model.tokenizer, model.name, model.source)
     unit = direction / direction.norm()

