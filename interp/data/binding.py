@@ -35,7 +35,7 @@ import torch
 
 from ..errors import InterpError
 
-COREF_PATH = Path(__file__).resolve().parents[1] / "data" / "coref_texts.jsonl"
+COREF_PATH = Path(__file__).resolve().parents[2] / "data" / "coref_texts.jsonl"
 
 
 # ------------------------------------------------------------------ text data

