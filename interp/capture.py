@@ -1,18 +1,27 @@
 """Hook-based capture of activations at named sites and token positions.
 
-Prompts are sorted by length so batches carry little padding, left-padded,
-run once through the base model (the LM head is skipped, and the forward stops
-after the deepest layer asked for), and only the selected positions are copied
-out inside the hooks, so memory grows with what is kept, not with the
-sequence.
+Two ways in:
+
+- ``capture``: prompts are sorted by length so batches carry little padding,
+  left-padded, run once through the base model (the LM head is skipped, and the
+  forward stops after the deepest layer asked for), and only the selected
+  positions are copied out inside the hooks, so memory grows with what is
+  kept, not with the sequence.
+- ``run_with_cache`` (TransformerLens users know the name): one padded batch,
+  logits plus every position of every requested site, with the mask, optionally
+  with gradients; ``recording`` is the same for any forward you run yourself.
 
 Example:
     acts = capture(model, ["Hi", "Hello there"], "resid_post", "last")
+    cache = run_with_cache(model, ["Hi", "Hello there"], ["resid_pre.1", "attn_out.1"])
+    cache["resid_pre.1"].shape, cache.logits.shape    # [2, seq, d], [2, seq, vocab]
 """
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -23,7 +32,7 @@ from .errors import InterpError
 from .activations import prompt_hash
 from .arch import StopForward
 from .positions import describe, pack, resolve_positions
-from .sites import Site, expand_sites
+from .sites import Site, SiteLike, expand_sites, parse_site
 
 
 def _reader(key: str, out: dict, state: dict, dtype: torch.dtype):
@@ -90,3 +99,104 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     }
     return Activations(out, mask, positions_t, meta)
 
+
+
+# ------------------------------------------------------------------ full-sequence capture
+
+@contextmanager
+def recording(model, sites: SiteLike | Sequence[SiteLike], grad: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+    """Record whole site tensors ([batch, seq, ...], padded coordinates) of every forward inside the block.
+
+    The dict is keyed by site name (``"resid_pre.3"``) and holds the last forward's tensor. Inside a
+    ``model.intervene`` block it records the edited values. Detached copies unless ``grad``.
+
+    Example:
+        with recording(model, ["resid_pre.0", "resid_pre.1"]) as rec:
+            model.last_logits(batch)
+        rec["resid_pre.1"].shape
+    """
+    site_list = expand_sites(sites, model.n_layers)
+    out: dict[str, torch.Tensor] = {}
+
+    def keep(key: str):
+        def fn(x: torch.Tensor):
+            out[key] = x if grad else x.detach().clone()
+        return fn
+
+    with model.hooks({s: keep(str(s)) for s in site_list}):
+        yield out
+
+
+@dataclass
+class Cache:
+    """What ``run_with_cache`` returns: activations at every position of one padded batch.
+
+    ``acts[site]`` is [batch, seq, ...] in padded coordinates (left padding; ``attention_mask`` says
+    which columns are real), ``logits`` [batch, seq, vocab] or None. Index it by site name, tuple or
+    TransformerLens name: ``cache["blocks.3.hook_resid_pre"]``.
+    """
+
+    acts: dict[str, torch.Tensor]
+    logits: torch.Tensor | None
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    n_layers: int
+
+    def __getitem__(self, site: SiteLike) -> torch.Tensor:
+        key = str(parse_site(site, self.n_layers))
+        if key not in self.acts:
+            raise InterpError(f"site {key} was not cached; cached: {', '.join(self.acts) or 'none'}")
+        return self.acts[key]
+
+    def __contains__(self, site) -> bool:
+        return str(parse_site(site, self.n_layers)) in self.acts
+
+    def keys(self):
+        return self.acts.keys()
+
+    def batch(self) -> dict[str, torch.Tensor]:
+        """The padded batch again (input_ids, attention_mask, position_ids), to run it once more."""
+        position_ids = (self.attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "position_ids": position_ids}
+
+
+def run_with_cache(model, inputs: Sequence[str] | Mapping[str, torch.Tensor], sites: SiteLike | Sequence[SiteLike],
+                   *, logits: bool = True, requires_grad: bool = False, chat: bool = True,
+                   system: str | None = None) -> Cache:
+    """One forward of one padded batch: logits (unless ``logits=False``) and the whole tensor at each site.
+
+    ``inputs`` is a list of prompts (chat-formatted when ``chat``, left-padded together) or a batch
+    from ``model.pad``. With ``requires_grad`` the graph is kept, so gradients flow back from the
+    logits to the cached activations (attribution methods). Interventions attached with
+    ``model.intervene`` apply, and the cache holds their edited values. Without logits the forward
+    stops after the deepest cached layer.
+
+    Example:
+        cache = run_with_cache(model, ["The capital of France is"], "resid_post", chat=False)
+        cache["resid_post.0"].shape    # [1, seq, d_model]
+    """
+    if isinstance(inputs, Mapping):
+        batch = dict(inputs)
+        if "input_ids" not in batch or "attention_mask" not in batch:
+            raise InterpError("a batch needs input_ids and attention_mask (build it with model.pad(ids))")
+        batch.setdefault("position_ids", (batch["attention_mask"].long().cumsum(-1) - 1).clamp(min=0))
+    else:
+        batch = model.pad(model.encode(inputs, chat=chat, system=system).ids)
+    site_list = expand_sites(sites, model.n_layers)
+    out_logits = None
+    with recording(model, site_list, grad=requires_grad) as rec, torch.set_grad_enabled(requires_grad):
+        if logits:
+            out_logits = model._forward(batch, logits=True)
+        else:
+            deepest = max(s.layer for s in site_list)
+            try:
+                with model.hooks({}, stop_after_layer=deepest):
+                    model._forward(batch)
+            except StopForward:
+                pass
+    for key, t in rec.items():
+        if requires_grad and t.requires_grad:
+            t.retain_grad()
+        elif not torch.isfinite(t[batch["attention_mask"].bool()]).all():
+            raise InterpError(f"non-finite activations (NaN/inf) at {key}: check the model weights and dtype")
+    return Cache(rec, out_logits, batch["input_ids"], batch["attention_mask"], model.n_layers)

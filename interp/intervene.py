@@ -45,13 +45,21 @@ def _context(state: dict, args, kwargs) -> Context:
         prompt_width = state.get("prefill_width", total)
     cols = torch.arange(total - width, total, device=x.device)
     pad = (mask[:, :prompt_width] == 0).sum(1)
+    rows = state.get("rows")
+    if rows is not None and len(rows) != x.shape[0]:
+        rows = None
     return Context(token_index=cols[None] - pad[:, None], valid=mask[:, cols].bool(),
-                   is_prompt=cols < prompt_width, prompt_lengths=prompt_width - pad)
+                   is_prompt=cols < prompt_width, prompt_lengths=prompt_width - pad, rows=rows)
 
 
 @contextmanager
 def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iterator[dict]:
-    """Attach interventions at sites; see the module docstring."""
+    """Attach interventions at sites; see the module docstring.
+
+    A plain callable is taken as ``fn(x, ctx) -> x'`` (wrapped in ``Lambda``), the one signature for
+    user functions. The yielded state dict may carry ``rows`` (a tensor: which prompt each batch row
+    is, for per-prompt positions and patch sources) when you run batches of a longer list yourself.
+    """
     if getattr(model, "_intervention_state", None) is not None:
         raise InterpError("model.intervene blocks cannot be nested; put all interventions in one mapping")
     state: dict = {}

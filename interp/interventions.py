@@ -3,8 +3,11 @@
 Each intervention maps ``x`` ([batch, seq, d], or [batch, seq, heads,
 d_head] for ``attn_z``) to its edited value, given a ``Context`` that says
 which token each row/column is. ``positions`` limits where it acts:
-``"all"``, ``"prompt"``, ``"generated"``, or a list of prompt token indices
-(negative from the end of the prompt). Apply them with ``model.intervene``:
+``"all"``, ``"prompt"``, ``"generated"``, a list of prompt token indices
+(negative from the end of the prompt) shared by every prompt, or per prompt:
+a list of index lists, or a boolean mask [prompts, tokens] over each
+prompt's own tokens. ``heads`` limits an ``attn_z`` edit to some heads.
+Apply them with ``model.intervene`` (or ``generate(..., interventions=...)``):
 
     with model.intervene({"resid_pre.12": Ablate(direction), "mlp_out.3": Add(v, scale=4.0)}):
         model.generate(["Hello"])
@@ -24,7 +27,7 @@ import torch
 
 from .errors import InterpError
 
-PositionLimit = Union[str, Sequence[int]]
+PositionLimit = Union[str, Sequence[int], Sequence[Sequence[int]], torch.Tensor]
 
 
 @dataclass
@@ -34,13 +37,16 @@ class Context:
     ``token_index`` [batch, seq]: index of each column in its prompt's own
     tokens (prompt tokens first, then generated ones); ``valid`` [batch, seq]:
     False on padding; ``is_prompt`` [seq]: True for prompt tokens;
-    ``prompt_lengths`` [batch]: tokens in each prompt.
+    ``prompt_lengths`` [batch]: tokens in each prompt; ``rows`` [batch]: which
+    prompt (of the whole list given to ``generate`` or a capture) each batch
+    row is, for per-prompt positions and patch sources.
     """
 
     token_index: torch.Tensor
     valid: torch.Tensor
     is_prompt: torch.Tensor
     prompt_lengths: torch.Tensor
+    rows: torch.Tensor | None = None
 
     @classmethod
     def whole(cls, x: torch.Tensor) -> "Context":
@@ -49,6 +55,12 @@ class Context:
         idx = torch.arange(s, device=x.device).expand(b, s)
         return cls(idx, torch.ones(b, s, dtype=torch.bool, device=x.device),
                    torch.ones(s, dtype=torch.bool, device=x.device), torch.full((b,), s, device=x.device))
+
+    def row_ids(self) -> torch.Tensor:
+        """Prompt index of each batch row (0..batch−1 unless the caller said otherwise)."""
+        if self.rows is not None:
+            return self.rows.to(self.valid.device)
+        return torch.arange(self.valid.shape[0], device=self.valid.device)
 
 
 def _unit_check(v: torch.Tensor, what: str) -> torch.Tensor:
@@ -61,38 +73,106 @@ def _unit_check(v: torch.Tensor, what: str) -> torch.Tensor:
     return v
 
 
-class Intervention:
-    """Base class: subclasses implement ``edit(x, ctx)``; ``apply`` adds the position limit."""
+def _per_prompt(positions) -> torch.Tensor | list[list[int]] | None:
+    """A per-prompt position spec as a bool mask [prompts, tokens] or index lists; None if shared."""
+    if isinstance(positions, torch.Tensor) or type(positions).__module__ == "numpy":
+        t = torch.as_tensor(positions)
+        if t.dtype != torch.bool or t.dim() != 2:
+            raise InterpError(f"a position mask must be boolean [prompts, tokens], got {t.dtype} of shape "
+                              f"{tuple(t.shape)}; for token indices pass a list of ints")
+        return t
+    rows = list(positions)
+    if rows and all(isinstance(r, (list, tuple)) for r in rows):
+        if all(isinstance(v, bool) for r in rows for v in r):
+            width = max((len(r) for r in rows), default=0)
+            return torch.tensor([list(r) + [False] * (width - len(r)) for r in rows], dtype=torch.bool)
+        return [[_index(v) for v in r] for r in rows]
+    return None
 
-    def __init__(self, positions: PositionLimit = "all"):
-        if isinstance(positions, str) and positions not in ("all", "prompt", "generated"):
-            raise InterpError(f"positions must be 'all', 'prompt', 'generated' or a list of prompt token indices, "
-                              f"got {positions!r}")
-        self.positions = positions
+
+def _index(v) -> int:
+    if isinstance(v, bool) or not float(v).is_integer():
+        raise InterpError(f"token positions must be integers, got {v!r}")
+    return int(v)
+
+
+class Intervention:
+    """Base class: subclasses implement ``edit(x, ctx)``; ``apply`` adds the position and head limits.
+
+    A user function ``fn(x, ctx) -> x'`` is wrapped as ``Lambda(fn)``: that is the one signature for
+    callables handed to ``model.intervene``.
+    """
+
+    def __init__(self, positions: PositionLimit = "all", heads: Sequence[int] | None = None):
+        if isinstance(positions, str):
+            if positions not in ("all", "prompt", "generated"):
+                raise InterpError(f"positions must be 'all', 'prompt', 'generated', a list of prompt token indices, "
+                                  f"per-prompt index lists or a boolean mask, got {positions!r}")
+            self.positions = positions
+        elif isinstance(positions, (int, float, bool)):
+            raise InterpError(f"positions must be a list of token indices (e.g. [{positions!r}]), got a single "
+                              f"{type(positions).__name__}")
+        else:
+            per = _per_prompt(positions)
+            self.positions = per if per is not None else [_index(p) for p in positions]
+        self.per_prompt = not isinstance(self.positions, str) and (
+            isinstance(self.positions, torch.Tensor) or (bool(self.positions) and isinstance(self.positions[0], list)))
+        self.heads = None if heads is None else [_index(h) for h in heads]
 
     def check(self, shape: tuple[int, ...], site: str) -> None:
         """Validate against the site's trailing shape (called when attached)."""
+        if self.heads is not None:
+            if len(shape) != 2:
+                raise InterpError(f"heads=... needs a per-head site (attn_z); {site} has shape {tuple(shape)}")
+            bad = [h for h in self.heads if not 0 <= h < shape[0]]
+            if bad:
+                raise InterpError(f"heads {bad} out of range for {site} with {shape[0]} heads")
 
     def edit(self, x: torch.Tensor, ctx: Context) -> torch.Tensor:
         raise NotImplementedError
 
+    def _targets(self, positions: Sequence[int], lengths: torch.Tensor) -> torch.Tensor:
+        """Prompt token indices (negative from each prompt's end) as absolute indices [len(positions), batch]."""
+        p = torch.tensor(positions, device=lengths.device)[:, None]
+        target = torch.where(p < 0, lengths[None] + p, p.expand(-1, lengths.shape[0]))
+        if ((target < 0) | (target >= lengths[None])).any():
+            raise InterpError(f"positions {list(positions)} are out of range for a prompt of "
+                              f"{int(lengths.min())} tokens")
+        return target
+
     def where(self, ctx: Context) -> torch.Tensor:
         """Boolean [batch, seq]: where this intervention acts."""
         mask = ctx.valid.clone()
-        if self.positions == "prompt":
-            mask &= ctx.is_prompt[None]
-        elif self.positions == "generated":
-            mask &= ~ctx.is_prompt[None]
-        elif not isinstance(self.positions, str):
+        if isinstance(self.positions, str):
+            if self.positions == "prompt":
+                mask &= ctx.is_prompt[None]
+            elif self.positions == "generated":
+                mask &= ~ctx.is_prompt[None]
+        elif isinstance(self.positions, torch.Tensor):  # per-prompt mask over each prompt's own tokens
+            rows = ctx.row_ids()
+            table = self.positions.to(mask.device)
+            if int(rows.max()) >= table.shape[0]:
+                raise InterpError(f"the position mask has {table.shape[0]} rows, but prompt {int(rows.max())} "
+                                  f"is running; give one row per prompt")
+            idx = ctx.token_index.clamp(0, table.shape[1] - 1)
+            chosen = table[rows][torch.arange(len(rows), device=mask.device)[:, None], idx]
+            mask &= chosen & (ctx.token_index < table.shape[1]) & ctx.is_prompt[None]
+        elif self.per_prompt:
+            rows = ctx.row_ids().tolist()
+            if max(rows) >= len(self.positions):
+                raise InterpError(f"{len(self.positions)} per-prompt position lists, but prompt {max(rows)} is "
+                                  f"running; give one list per prompt")
             chosen = torch.zeros_like(mask)
-            for p in self.positions:
-                p = int(p)
-                target = torch.where(torch.tensor(p < 0, device=mask.device), ctx.prompt_lengths + p,
-                                     torch.full_like(ctx.prompt_lengths, p))
-                if ((target < 0) | (target >= ctx.prompt_lengths)).any():
-                    raise InterpError(f"position {p} is out of range for a prompt of "
-                                      f"{int(ctx.prompt_lengths.min())} tokens")
-                chosen |= ctx.token_index == target[:, None]
+            for b, r in enumerate(rows):
+                if self.positions[r]:
+                    target = self._targets(self.positions[r], ctx.prompt_lengths[b:b + 1])[:, 0]
+                    chosen[b] = (ctx.token_index[b][None] == target[:, None]).any(0)
+            mask &= chosen & ctx.is_prompt[None]
+        else:
+            chosen = torch.zeros_like(mask)
+            if self.positions:
+                target = self._targets(self.positions, ctx.prompt_lengths)  # [positions, batch]
+                chosen = (ctx.token_index[None] == target[:, :, None]).any(0)
             mask &= chosen & ctx.is_prompt[None]
         return mask
 
@@ -102,6 +182,10 @@ class Intervention:
             return x
         edited = self.edit(x, ctx)
         m = mask.reshape(mask.shape + (1,) * (x.dim() - 2))
+        if self.heads is not None and x.dim() == 4:
+            keep = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
+            keep[self.heads] = True
+            m = m & keep[None, None, :, None]
         return torch.where(m, edited, x)
 
     def __add__(self, other: "Intervention") -> "Compose":
@@ -116,8 +200,9 @@ class Ablate(Intervention):
     its span, via QR).
     """
 
-    def __init__(self, directions: torch.Tensor, orthonormalize: bool = False, positions: PositionLimit = "all"):
-        super().__init__(positions)
+    def __init__(self, directions: torch.Tensor, orthonormalize: bool = False, positions: PositionLimit = "all",
+                 heads: Sequence[int] | None = None):
+        super().__init__(positions, heads)
         q = _unit_check(directions, "the direction").detach().float()
         q = q[None] if q.dim() == 1 else q
         if q.dim() != 2:
@@ -137,6 +222,7 @@ class Ablate(Intervention):
         self.basis = q
 
     def check(self, shape, site):
+        super().check(shape, site)
         if self.basis.shape[-1] != shape[-1]:
             raise InterpError(f"direction size {self.basis.shape[-1]} does not match site {site} of size {shape[-1]}")
 
@@ -148,12 +234,14 @@ class Ablate(Intervention):
 class Add(Intervention):
     """Activation addition: x ← x + scale·v."""
 
-    def __init__(self, vector: torch.Tensor, scale: float = 1.0, positions: PositionLimit = "all"):
-        super().__init__(positions)
+    def __init__(self, vector: torch.Tensor, scale: float = 1.0, positions: PositionLimit = "all",
+                 heads: Sequence[int] | None = None):
+        super().__init__(positions, heads)
         self.vector = _unit_check(vector, "the vector").detach().float()
         self.scale = float(scale)
 
     def check(self, shape, site):
+        super().check(shape, site)
         if self.vector.shape[-1] != shape[-1] or self.vector.dim() != 1:
             raise InterpError(f"vector of shape {tuple(self.vector.shape)} does not match site {site} of size "
                               f"{shape[-1]}")
@@ -172,11 +260,12 @@ class Zero(Intervention):
 class MeanAblate(Intervention):
     """x ← mean (a [d] vector, e.g. the site's mean over a reference set)."""
 
-    def __init__(self, mean: torch.Tensor, positions: PositionLimit = "all"):
-        super().__init__(positions)
+    def __init__(self, mean: torch.Tensor, positions: PositionLimit = "all", heads: Sequence[int] | None = None):
+        super().__init__(positions, heads)
         self.mean = _unit_check(mean, "the mean").detach().float()
 
     def check(self, shape, site):
+        super().check(shape, site)
         if tuple(self.mean.shape) != tuple(shape[-self.mean.dim():]):
             raise InterpError(f"mean of shape {tuple(self.mean.shape)} does not match site {site} {shape}")
 
@@ -184,44 +273,65 @@ class MeanAblate(Intervention):
         return self.mean.to(x.device, x.dtype).expand_as(x)
 
 
-def _source_tensor(source, site: str | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
-    """A [batch, tokens, ...] tensor (plus mask) from a tensor or an ``Activations`` captured at all positions."""
+def _source_tensor(source, site: str | None = None, mask=None) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """A [prompts, tokens, ...] tensor plus its token mask from a tensor (+ ``mask``), an ``Activations``
+    captured at all positions, or a ``Cache`` from ``run_with_cache``."""
     from .activations import Activations
 
     if isinstance(source, Activations):
         if site is None:
             raise InterpError("patching from Activations needs a site")
         return source[site], source.mask, source.metadata
-    return _unit_check(source, "the source activations"), None, {}
+    if hasattr(source, "acts") and hasattr(source, "attention_mask"):  # a run_with_cache Cache
+        if site is None:
+            raise InterpError("patching from a Cache needs a site")
+        return source[site].detach(), source.attention_mask.bool(), {}
+    t = _unit_check(source, "the source activations")
+    if mask is not None:
+        mask = torch.as_tensor(mask).bool()
+        if tuple(mask.shape) != tuple(t.shape[:2]):
+            raise InterpError(f"source mask has shape {tuple(mask.shape)}, the source {tuple(t.shape[:2])}")
+    return t, mask, {}
 
 
 class Patch(Intervention):
     """Replace activations with those of another run, aligned by prompt token index.
 
-    ``source`` is a [batch, tokens, ...] tensor or ``Activations`` captured
-    with ``positions="all"`` (then ``site`` names which one). Prompts of the
-    current run must have exactly the source's token counts.
+    ``source`` is a [prompts, tokens, ...] tensor (with ``source_mask`` when
+    it is padded), ``Activations`` captured with ``positions="all"`` or a
+    ``Cache`` from ``run_with_cache`` (then ``site`` names which one); left-
+    padded and left-aligned sources both line up, token by token. Prompts of
+    the current run must have exactly the source's token counts.
     """
 
-    def __init__(self, source, site: str | None = None, positions: PositionLimit = "prompt"):
-        super().__init__(positions)
-        self.source, self.source_mask, self.meta = _source_tensor(source, site)
+    def __init__(self, source, site: str | None = None, positions: PositionLimit = "prompt",
+                 heads: Sequence[int] | None = None, source_mask=None):
+        super().__init__(positions, heads)
+        self.source, self.source_mask, self.meta = _source_tensor(source, site, source_mask)
 
     def check(self, shape, site):
+        super().check(shape, site)
         if tuple(self.source.shape[2:]) != tuple(shape):
             raise InterpError(f"patch source has trailing shape {tuple(self.source.shape[2:])}, site {site} has "
                               f"{tuple(shape)}")
 
     def _gather(self, x, ctx):
-        src = self.source.to(x.device, x.dtype)
-        if src.shape[0] != x.shape[0]:
-            raise InterpError(f"patch source has {src.shape[0]} prompts, this run has {x.shape[0]}")
-        lengths = self.source_mask.sum(1) if self.source_mask is not None else \
-            torch.full((src.shape[0],), src.shape[1])
+        rows = ctx.row_ids()
+        if int(rows.max()) >= self.source.shape[0]:
+            raise InterpError(f"patch source has {self.source.shape[0]} prompts, this run has "
+                              f"{max(x.shape[0], int(rows.max()) + 1)}")
+        src = self.source.to(x.device, x.dtype)[rows.to(self.source.device)]
+        if self.source_mask is not None:
+            m = self.source_mask.to(x.device)[rows]
+            lengths = m.sum(1)
+            first = m.long().argmax(1)  # where each prompt's tokens start (0 when left-aligned)
+        else:
+            lengths = torch.full((src.shape[0],), src.shape[1], device=x.device)
+            first = torch.zeros_like(lengths)
         if not torch.equal(lengths.to(ctx.prompt_lengths.device), ctx.prompt_lengths.to(lengths.dtype)):
             raise InterpError(f"patch source prompts have {lengths.tolist()} tokens, this run's prompts have "
                               f"{ctx.prompt_lengths.tolist()}; patching needs equal token lengths")
-        idx = ctx.token_index.clamp(0, src.shape[1] - 1)
+        idx = (first[:, None] + ctx.token_index).clamp(0, src.shape[1] - 1)
         batch = torch.arange(x.shape[0], device=x.device)[:, None]
         return src[batch, idx]
 
@@ -236,8 +346,8 @@ class SubspacePatch(Patch):
     """Patch only within span(Q): w ← w + Q Qᵀ (u − w), u the source activation."""
 
     def __init__(self, basis: torch.Tensor, source, site: str | None = None, positions: PositionLimit = "prompt",
-                 orthonormalize: bool = False):
-        super().__init__(source, site, positions)
+                 orthonormalize: bool = False, heads: Sequence[int] | None = None, source_mask=None):
+        super().__init__(source, site, positions, heads, source_mask)
         self.basis = Ablate(basis, orthonormalize=orthonormalize).basis
 
     def check(self, shape, site):
@@ -254,8 +364,9 @@ class SubspacePatch(Patch):
 class Lambda(Intervention):
     """A user function ``fn(x, ctx) -> x'`` (shape kept)."""
 
-    def __init__(self, fn: Callable[[torch.Tensor, Context], torch.Tensor], positions: PositionLimit = "all"):
-        super().__init__(positions)
+    def __init__(self, fn: Callable[[torch.Tensor, Context], torch.Tensor], positions: PositionLimit = "all",
+                 heads: Sequence[int] | None = None):
+        super().__init__(positions, heads)
         self.fn = fn
 
     def edit(self, x, ctx):
@@ -280,6 +391,66 @@ class Compose(Intervention):
         for p in self.parts:
             x = p.apply(x, ctx)
         return x
+
+
+class Record(Intervention):
+    """Keep the site's tensor as the forward passes, without changing it.
+
+    ``value`` is the last forward's tensor ([batch, seq, ...] in padded
+    coordinates, padding included); with ``history=True`` ``values`` keeps
+    every forward's (one per generated token under ``generate``). Detached
+    copies unless ``grad=True``.
+
+    Example:
+        rec = Record()
+        with model.intervene({"resid_pre.3": rec}):
+            model.run(model.pad(model.encode(["Hi"]).ids))
+        rec.value.shape   # [1, seq, d_model]
+    """
+
+    def __init__(self, history: bool = False, grad: bool = False):
+        super().__init__("all")
+        self.history, self.grad = history, grad
+        self.value: torch.Tensor | None = None
+        self.values: list[torch.Tensor] = []
+
+    def apply(self, x, ctx):
+        v = x if self.grad else x.detach().clone()
+        self.value = v
+        if self.history:
+            self.values.append(v)
+        return x
+
+
+class Replace(Intervention):
+    """x ← ``value``, a tensor of the site's full shape for this forward (e.g. a cached activation edited
+    by hand), or a callable ``value(x, ctx)`` that returns one; ``positions`` limits where it lands."""
+
+    def __init__(self, value, positions: PositionLimit = "all", heads: Sequence[int] | None = None):
+        super().__init__(positions, heads)
+        self.value = value
+
+    def edit(self, x, ctx):
+        v = self.value(x, ctx) if callable(self.value) else self.value
+        if not isinstance(v, torch.Tensor) or v.shape != x.shape:
+            raise InterpError(f"Replace needs a tensor of the site's shape {tuple(x.shape)} for this forward, got "
+                              f"{tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}")
+        return v.to(x.device, x.dtype)
+
+
+class Splice(Intervention):
+    """x ← module(x): run the site through a module, e.g. an SAE's reconstruction, in ``dtype``."""
+
+    def __init__(self, module: Callable[[torch.Tensor], torch.Tensor], positions: PositionLimit = "all",
+                 dtype: torch.dtype | None = torch.float32):
+        super().__init__(positions)
+        self.module, self.dtype = module, dtype
+
+    def edit(self, x, ctx):
+        y = self.module(x if self.dtype is None else x.to(self.dtype))
+        if not isinstance(y, torch.Tensor) or y.shape != x.shape:
+            raise InterpError(f"the spliced module must return a tensor of shape {tuple(x.shape)}")
+        return y.to(x.dtype)
 
 
 def everywhere(model, direction: torch.Tensor, positions: PositionLimit = "all") -> dict:

@@ -117,29 +117,75 @@ class Model:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    # rendered in the user's place to find where the template puts the user text; never appears in real prompts
+    _SENTINEL = "\ue000interp-user-text\ue001"
+
     def format_chat(self, instruction: str, system: str | None = None) -> tuple[str, tuple[int, int]]:
-        """The chat-formatted prompt and the character span of the instruction."""
+        """The chat-formatted prompt and the character span of the instruction.
+
+        The span is found by rendering the template a second time with a
+        sentinel in place of the instruction: the text before and after the
+        sentinel is the template's own, so the instruction is what lies
+        between them. Searching the rendered string instead would find an
+        instruction such as "assistant" inside the template's tail.
+
+        Example:
+            >>> from interp.testing import tiny_model
+            >>> text, (a, b) = tiny_model().format_chat("assistant")
+            >>> text[:a], text[a:b]
+            ('<|im_start|>user\\n', 'assistant')
+        """
         if not self.has_chat_template:
             raise InterpError(f"model {self.name} has no chat template; pass chat=False or set "
                               f"model.tokenizer.chat_template")
-        messages = ([{"role": "system", "content": system}] if system is not None else []) + \
-            [{"role": "user", "content": instruction}]
-        text = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        start = text.rfind(instruction)
-        if start < 0:
-            raise InterpError("the chat template changed the instruction text; cannot locate it")
-        return text, (start, start + len(instruction))
+        if system is not None and not isinstance(system, str):
+            raise InterpError(f"system must be a string or None, got {type(system).__name__}")
+
+        def render(content: str) -> str:
+            messages = ([{"role": "system", "content": system}] if system is not None else []) + \
+                [{"role": "user", "content": content}]
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # jinja errors from the template itself (e.g. it rejects a system role)
+                raise InterpError(f"the chat template of {self.name} failed on this prompt ({type(e).__name__}: "
+                                  f"{e}); pass chat=False or system=None") from e
+
+        text = render(instruction)
+        probe = render(self._SENTINEL)
+        cut = probe.find(self._SENTINEL)
+        if cut < 0 or probe.count(self._SENTINEL) != 1:
+            raise InterpError("the chat template does not render the user text verbatim exactly once; cannot "
+                              "locate the instruction (pass chat=False and format the prompt yourself)")
+        head, tail = probe[:cut], probe[cut + len(self._SENTINEL):]
+        if not (text.startswith(head) and text.endswith(tail) and len(head) + len(tail) <= len(text)):
+            raise InterpError("the chat template renders its own text differently for this instruction; cannot "
+                              "locate the instruction (pass chat=False and format the prompt yourself)")
+        # a template that trims or escapes the content still puts it between the same head and tail
+        return text, (len(head), len(text) - len(tail))
 
     def encode(self, prompts: Sequence[str], chat: bool = True, system: str | None = None) -> Encoded:
-        """Tokenize prompts (chat-formatted when ``chat``), checking length and content."""
+        """Tokenize prompts (chat-formatted when ``chat``), checking length and content.
+
+        ``prompts`` is a string or any iterable of strings (a list, a tuple, a
+        generator). The instruction span covers exactly the tokens that
+        overlap the user's text.
+        """
         if isinstance(prompts, str):
             prompts = [prompts]
+        if prompts is None or isinstance(prompts, (bytes, dict)) or not hasattr(prompts, "__iter__"):
+            raise InterpError(f"prompts must be a string or a list of strings, got {type(prompts).__name__}")
+        prompts = list(prompts)
         if len(prompts) == 0:
             raise InterpError("the prompt list is empty")
         texts, ids, spans = [], [], []
         for i, p in enumerate(prompts):
             if not isinstance(p, str) or not p.strip():
                 raise InterpError(f"prompt {i} is empty or not a string: {p!r}")
+            try:
+                p.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InterpError(f"prompt {i} is not valid text ({e.reason} at character {e.start}, "
+                                  f"{p[e.start:e.end]!r}); lone surrogates usually come from a bad decode") from e
             if chat:
                 text, (cs, ce) = self.format_chat(p, system)
                 enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -293,6 +339,17 @@ class Model:
 
         return capture(self, prompts, sites, positions, chat=chat, system=system, batch_size=batch_size,
                        dtype=dtype, progress=progress)
+
+    def run_with_cache(self, inputs, sites: SiteLike | Sequence[SiteLike] = "resid_post", **kwargs):
+        """Logits and every position of each site for one padded batch (see ``interp.capture.run_with_cache``).
+
+        Example:
+            cache = model.run_with_cache(["Hi!"], ["resid_pre.0", "attn_out.0"])
+            cache.logits.shape, cache["resid_pre.0"].shape
+        """
+        from .capture import run_with_cache
+
+        return run_with_cache(self, inputs, sites, **kwargs)
 
     def capture_to_store(self, prompts: Sequence[str], out_dir, sites: SiteLike | Sequence[SiteLike] = "resid_post",
                          positions="last", **kwargs):

@@ -159,7 +159,7 @@ def test_patch_aligned_and_checked(tiny_llama):
 
 
 def test_cross_entropy_and_kl(tiny_llama):
-    from interp.generation import cross_entropy, kl_next_token, refusal_score
+    from interp.evaluation import kl_div as kl_next_token, refusal_score, text_ce as cross_entropy
 
     texts = ["The quick brown fox jumps over the lazy dog.", "How do I bake bread at home?"]
     base = cross_entropy(tiny_llama, texts)
