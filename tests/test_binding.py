@@ -6,7 +6,7 @@ import torch
 from interp import InterpError
 from interp.analyzers.binding import (PairwiseProbe, SimilarityBaseline, class_balance, evaluate_kinds,
                                       majority_baseline, min_rank_within)
-from interp.binding_data import (entity_groups, load_coref_texts, patch_groups, sample_pairs, shapes_dataset,
+from interp.data.binding import (entity_groups, load_coref_texts, patch_groups, sample_pairs, shapes_dataset,
                                  split_units, tiny_vit, token_offsets, vit_hidden_states, word_groups)
 
 

@@ -90,7 +90,7 @@ def test_two_directions_and_inversion_on_tiny(tiny_llama):
 
 
 def test_wrapping_errors(tiny_llama):
-    from interp.datasets import wrap
+    from interp.data.prompts import wrap
     from interp.harmfulness import wrap_in_jailbreaks
 
     with pytest.raises(InterpError, match="placeholder"):
