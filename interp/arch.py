@@ -32,12 +32,17 @@ class BlockLayout:
     mlp_out: str  # its output is what the MLP adds to the residual stream
     mlp_down: str  # its input is mlp_act
     attn_q: str  # the query projection; GPT-2's fused c_attn holds it in its first d_model outputs
+    conv1d: bool = False  # projections are GPT-2 Conv1D: weight stored [in, out], residual vectors are its rows
+    post_norms: bool = False  # a norm follows the attention and MLP outputs (gemma): attn_out/mlp_out are its outputs
+    norm_offset: float = 0.0  # the RMSNorm scales by (norm_offset + weight): gemma stores w and uses 1 + w
+    position_embedding: str | None = None  # learned absolute position embedding, path from the HF model's root
 
 
 LLAMA = BlockLayout("input_layernorm", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj", "self_attn.q_proj")
 GEMMA = BlockLayout("input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
-                    "post_feedforward_layernorm", "mlp.down_proj", "self_attn.q_proj")
-GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "attn.c_attn")
+                    "post_feedforward_layernorm", "mlp.down_proj", "self_attn.q_proj", post_norms=True, norm_offset=1.0)
+GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "attn.c_attn", conv1d=True,
+                   position_embedding="transformer.wpe")
 
 LAYOUTS = {
     "llama": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "mistral": LLAMA, "olmo2": LLAMA,
@@ -69,6 +74,44 @@ def layout_for(config) -> BlockLayout:
     if model_type in LAYOUTS:
         return LAYOUTS[model_type]
     raise InterpError(f"architecture {model_type!r} is not supported yet; supported: {', '.join(sorted(LAYOUTS))}")
+
+
+def layout(model) -> BlockLayout:
+    """The ``BlockLayout`` of an interp ``Model`` on the Hugging Face backend.
+
+    Example:
+        >>> from interp.testing import tiny_model
+        >>> layout(tiny_model("gpt2")).conv1d
+        True
+    """
+    lay = getattr(model, "_layout", None)
+    if lay is None:
+        raise InterpError(f"{getattr(model, 'name', 'this model')} has no Hugging Face block layout (backend "
+                          f"{getattr(model, 'backend', '?')!r}); load the model with backend='hf'")
+    return lay
+
+
+def blocks(model) -> nn.ModuleList:
+    """The decoder blocks of an interp ``Model``, in order."""
+    return model._layers
+
+
+def module(model, layer: int | None, path: str) -> nn.Module:
+    """The submodule at ``path`` inside block ``layer``, or from the HF model's root when ``layer`` is None.
+
+    ``path`` is usually a ``BlockLayout`` field, e.g. ``module(model, 3, layout(model).mlp_down)``.
+    """
+    root = model.hf if layer is None else blocks(model)[layer]
+    try:
+        return _get(root, path)
+    except AttributeError as e:
+        where = "the model" if layer is None else f"block {layer}"
+        raise InterpError(f"{where} of {getattr(model, 'name', 'this model')} has no module {path!r}") from e
+
+
+def weights_edited(model) -> None:
+    """Tell ``model`` its weights were edited in place, so facts cached from them (the fingerprint) are redone."""
+    model._fingerprint = None
 
 
 def _first(x):

@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import nn
 
-from .arch import GEMMA, _get
+from . import arch
 from .errors import InterpError
 
 
@@ -35,11 +35,13 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
     """Edit the weights of ``model`` (or a copy) so nothing writes along ``direction``."""
     from .model import Model
 
-    if model._layout is GEMMA:
-        raise InterpError("gemma applies a norm after attention and MLP outputs, so editing the projections is "
-                          "not equivalent to ablation; use hook ablation (interventions.everywhere) instead")
-    if model._layout is None:
+    if getattr(model, "backend", "hf") != "hf":
         raise InterpError("orthogonalize works on the Hugging Face backend; load the model with backend='hf'")
+    layout = arch.layout(model)
+    if layout.post_norms:
+        raise InterpError(f"{model.architecture} applies a norm after attention and MLP outputs, so editing the "
+                          f"projections is not equivalent to ablation; use hook ablation "
+                          f"(interventions.everywhere) instead")
     d = direction.detach().to(torch.float64).flatten()
     if d.numel() != model.d_model or not torch.isfinite(d).all() or d.norm() < 1e-8:
         raise InterpError(f"direction must be a finite, non-zero vector of size {model.d_model}")
@@ -53,8 +55,6 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
         hf.config.tie_word_embeddings = False
         if hasattr(hf.config, "get_text_config"):
             hf.config.get_text_config().tie_word_embeddings = False
-    layout = model._layout
-    gpt2 = model.architecture == "gpt2"
     with torch.no_grad():
         u = d.to(in_emb.weight.device, torch.float64)
         u = u / u.norm()
@@ -65,15 +65,15 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
             param.data.copy_(w.to(param.dtype))
 
         edit(in_emb.weight, columns=False)
-        if gpt2:
-            edit(hf.transformer.wpe.weight, columns=False)
-        for block in model._layers:
+        if layout.position_embedding:
+            edit(arch.module(model, None, layout.position_embedding).weight, columns=False)
+        for layer in range(model.n_layers):
             for path in (layout.attn_o_proj, layout.mlp_down):
-                lin = _get(block, path)
-                edit(lin.weight, columns=not gpt2)  # Conv1D stores [in, out]: residual vectors are rows
+                lin = arch.module(model, layer, path)
+                edit(lin.weight, columns=not layout.conv1d)  # Conv1D stores [in, out]: residual vectors are rows
                 if getattr(lin, "bias", None) is not None:
                     b = lin.bias.data.double()
                     b -= u * (u @ b)
                     lin.bias.data.copy_(b.to(lin.bias.dtype))
-    model._fingerprint = None
+    arch.weights_edited(model)
     return model
