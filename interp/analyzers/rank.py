@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator
 
 from ..errors import InterpError
 
@@ -54,15 +55,55 @@ class _Moments:
         return (self.s2 - self.n * torch.outer(mean, mean)) / max(self.n - 1, 1)
 
 
-class EffectiveRank:
-    """k at a variance threshold, relative rank and a bootstrap CI.
+def _as_matrix(X) -> torch.Tensor:
+    """[n, d] real tensor from a tensor, array or nested list; bad shapes and values raise ``InterpError``."""
+    if isinstance(X, torch.Tensor):
+        X = X.detach().cpu()
+    elif hasattr(X, "toarray") or type(X).__module__.startswith("scipy.sparse"):
+        raise InterpError("sparse input is not supported; pass a dense [tokens, d] array (X.toarray())")
+    else:
+        try:
+            arr = np.asarray(X)
+        except (TypeError, ValueError) as e:
+            raise InterpError(f"X must be a numeric [tokens, d] array or tensor: {e}") from e
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            try:
+                arr = arr.astype(np.float64)
+            except (TypeError, ValueError) as e:
+                raise InterpError(f"X must be numeric; got values of dtype {arr.dtype} ({e})") from e
+        if not arr.flags.writeable:  # torch warns on read-only arrays; copy instead
+            arr = arr.copy()
+        X = torch.as_tensor(arr)
+    if X.is_complex():
+        raise InterpError("Complex data not supported: the rank of activations needs real values")
+    if X.dim() != 2:
+        raise InterpError(f"X must be [tokens, d], got shape {tuple(X.shape)}; reshape a single token to [1, d]")
+    if X.shape[1] == 0:
+        raise InterpError(f"0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required: X has no "
+                          f"dimensions to rank")
+    return X
 
-    Parameters: ``threshold`` (default 0.99), ``n_bootstrap`` resamples of
-    tokens (0 disables the CI), ``max_bootstrap_tokens`` rows kept for the
-    bootstrap, ``ci`` (default 0.95), ``seed``.
 
-    Fitted: ``k_``, ``relative_k_``, ``eigenvalues_``, ``n_tokens_``, ``d_``,
-    ``ci_`` (low, high) of the relative rank, ``bootstrap_k_``.
+class EffectiveRank(BaseEstimator):
+    """k at a variance threshold, relative rank and a bootstrap CI (a scikit-learn estimator).
+
+    Parameters:
+        threshold: variance fraction the top-k principal components must reach (0.99 gives k99).
+        n_bootstrap: token resamples for the CI (0 disables it).
+        max_bootstrap_tokens: rows kept (uniformly at random) for the bootstrap.
+        ci: coverage of the bootstrap interval (0.95).
+        seed: seed of the bootstrap sample and resamples.
+
+    Fitted (numpy or plain Python values): ``k_``, ``relative_k_`` (k/d),
+    ``eigenvalues_`` (descending, float64), ``n_tokens_``, ``d_``,
+    ``n_features_in_`` (= ``d_``), ``ci_`` (low, high) of the relative rank,
+    ``bootstrap_k_`` (k of each resample).
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).normal(size=(500, 3)) @ np.ones((3, 8))  # rank 1 in 8 dims
+        >>> EffectiveRank(n_bootstrap=0).fit(X).k_
+        1
     """
 
     def __init__(self, threshold: float = 0.99, n_bootstrap: int = 50, max_bootstrap_tokens: int = 4000,
@@ -77,32 +118,34 @@ class EffectiveRank:
         if not 0 < self.threshold <= 1:
             raise InterpError(f"threshold must be in (0, 1], got {self.threshold}")
         d = moments.s1.numel()
-        if moments.n < d:
-            raise InterpError(f"only {moments.n} tokens for {d} dimensions: a rank estimate needs at least as many "
-                              f"tokens as dimensions (more is better); capture more text")
-        self.eigenvalues_ = torch.linalg.eigvalsh(moments.covariance()).flip(0)
-        self.k_ = k_for_threshold(self.eigenvalues_, self.threshold)
+        if moments.n < d or moments.n < 2:
+            raise InterpError(f"n_samples = {moments.n}: only {moments.n} tokens for {d} dimensions; a rank estimate "
+                              f"needs at least as many tokens as dimensions and at least 2 (more is better); "
+                              f"capture more text")
+        eigenvalues = torch.linalg.eigvalsh(moments.covariance()).flip(0)
+        self.k_ = k_for_threshold(eigenvalues, self.threshold)
+        self.eigenvalues_ = eigenvalues.numpy()
         self.d_, self.n_tokens_ = d, moments.n
+        self.n_features_in_ = d
         self.relative_k_ = self.k_ / d
-        self.bootstrap_k_ = []
+        boot = []
         if self.n_bootstrap and sample is not None and sample.shape[0] >= 2:
             gen = torch.Generator().manual_seed(self.seed)
             for _ in range(self.n_bootstrap):
                 idx = torch.randint(0, sample.shape[0], (sample.shape[0],), generator=gen)
                 m = _Moments(d)
                 m.add(sample[idx])
-                self.bootstrap_k_.append(k_for_threshold(torch.linalg.eigvalsh(m.covariance()), self.threshold))
-            lo, hi = np.quantile(np.array(self.bootstrap_k_) / d, [(1 - self.ci) / 2, (1 + self.ci) / 2])
+                boot.append(k_for_threshold(torch.linalg.eigvalsh(m.covariance()), self.threshold))
+            lo, hi = np.quantile(np.array(boot) / d, [(1 - self.ci) / 2, (1 + self.ci) / 2])
             self.ci_ = (float(lo), float(hi))
         else:
             self.ci_ = (float("nan"), float("nan"))
+        self.bootstrap_k_ = np.array(boot, dtype=np.int64)
         return self
 
-    def fit(self, X) -> "EffectiveRank":
-        """X: [n_tokens, d] activations (tensor or array)."""
-        X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-        if X.dim() != 2:
-            raise InterpError(f"X must be [tokens, d], got shape {tuple(X.shape)}")
+    def fit(self, X, y=None) -> "EffectiveRank":
+        """X: [n_tokens, d] activations (numpy array or torch tensor); ``y`` is ignored."""
+        X = _as_matrix(X)
         m = _Moments(X.shape[1])
         m.add(X)
         gen = torch.Generator().manual_seed(self.seed)
@@ -129,7 +172,6 @@ class EffectiveRank:
         if m is None:
             raise InterpError("the store is empty")
         return self._finish(m, sample)
-
 
 
 def fit_store_sites(store, sites=None, threshold: float = 0.99, n_bootstrap: int = 50,
