@@ -10,6 +10,7 @@ Example:
 """
 from __future__ import annotations
 
+import numbers
 import re
 from dataclasses import dataclass
 from typing import Iterable, Sequence, Union
@@ -91,8 +92,11 @@ def parse_site(site: SiteLike, n_layers: int | None = None) -> Site:
             name, layer = m.group(1), int(m.group(2))
     else:
         raise InterpError(f"a site must be a string, a (name, layer) tuple or a Site, got {type(site).__name__}")
-    if name not in SITE_NAMES:
+    if not isinstance(name, str) or name not in SITE_NAMES:
         raise InterpError(f"unknown site name {name!r}; {_valid_sites_message(n_layers)}")
+    # a float (1.7) or bool layer is a mistake, not layer 1: only whole integers count
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise InterpError(f"site {name}: layer {layer!r} is not an integer; {_valid_sites_message(n_layers)}")
     layer = int(layer)
     if n_layers is not None and not (0 <= layer < n_layers):
         raise InterpError(f"site {name}.{layer}: layer out of range; {_valid_sites_message(n_layers)}")
@@ -106,8 +110,11 @@ def expand_sites(sites: SiteLike | Iterable[SiteLike], n_layers: int) -> list[Si
         >>> [str(s) for s in expand_sites(["attn_out", "resid_pre.0"], n_layers=2)]
         ['attn_out.0', 'attn_out.1', 'resid_pre.0']
     """
-    if isinstance(sites, (str, Site)) or (isinstance(sites, tuple) and len(sites) == 2 and isinstance(sites[1], int)):
+    if isinstance(sites, (str, Site)) or (isinstance(sites, tuple) and len(sites) == 2 and isinstance(sites[0], str)
+                                          and not isinstance(sites[1], (str, Site, tuple))):
         sites = [sites]
+    if sites is None or not isinstance(sites, Iterable):
+        raise InterpError(f"sites must be a site or a list of sites, got {sites!r}; {_valid_sites_message(n_layers)}")
     out: list[Site] = []
     for s in sites:
         if isinstance(s, str) and s in SITE_NAMES:

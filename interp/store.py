@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -25,11 +26,14 @@ from .activations import Activations
 from .errors import InterpError
 from .activations import prompt_hash
 from .packaged import sha256_file
-from .positions import describe
+from .positions import describe, is_per_prompt, pack, resolve_positions
 from .sites import SiteLike, expand_sites, parse_site
 
 FORMAT = "interp-activation-store/1"
 MANIFEST = "manifest.json"
+
+
+_SHARD_RE = re.compile(r"^shard-\d{9}\.safetensors$")
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -38,17 +42,41 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_manifest(path: Path) -> dict:
+    """Parse and check a store manifest; every problem is an ``InterpError`` naming the file.
+
+    Shard entries must name plain ``shard-NNNNNNNNN.safetensors`` files: an
+    entry such as ``"../x"`` would read outside the store's folder.
+    """
+    fix = f"delete {path.parent} (or pass overwrite=True to the capture) and capture again"
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InterpError(f"the store manifest {path} is unreadable ({e}); {fix}") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        got = m.get("format") if isinstance(m, dict) else type(m).__name__
+        raise InterpError(f"{path} has format {got!r}, expected {FORMAT!r}; {fix}")
+    missing = [k for k in ("model", "sites", "n_prompts", "shards") if k not in m]
+    if missing or not isinstance(m["shards"], list) or not isinstance(m["sites"], list):
+        raise InterpError(f"the store manifest {path} is incomplete (missing {missing or 'a list'}); {fix}")
+    for e in m["shards"]:
+        if not (isinstance(e, dict) and isinstance(e.get("file"), str) and _SHARD_RE.match(e["file"])
+                and all(isinstance(e.get(k), int) for k in ("start", "stop", "n_tokens"))
+                and isinstance(e.get("sha256"), str)):
+            raise InterpError(f"the store manifest {path} has a bad shard entry {_short(e)} (shard files are "
+                              f"named shard-NNNNNNNNN.safetensors inside the store); {fix}")
+    return m
+
+
 class ActivationStore:
     """A finished or partial capture on disk; open with ``ActivationStore(path)``."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         manifest = self.path / MANIFEST
-        if not manifest.exists():
+        if not manifest.is_file():
             raise InterpError(f"{self.path} is not an activation store (no {MANIFEST})")
-        self.manifest = json.loads(manifest.read_text())
-        if self.manifest.get("format") != FORMAT:
-            raise InterpError(f"{manifest} has format {self.manifest.get('format')!r}, expected {FORMAT!r}")
+        self.manifest = read_manifest(manifest)
         self._verified: set[str] = set()
 
     def __repr__(self) -> str:
@@ -87,7 +115,10 @@ class ActivationStore:
                 raise InterpError(f"shard {path} fails its checksum (truncated or corrupted); delete it and run "
                                   f"the same capture again to rewrite it")
             self._verified.add(entry["file"])
-        return Activations.load(path)
+        try:
+            return Activations.load(path)
+        except Exception as e:  # safetensors raises its own error types for a damaged file
+            raise InterpError(f"shard {path} is unreadable ({e}); delete it and run the same capture again") from e
 
     def verify(self) -> None:
         """Check every shard's checksum."""
@@ -112,6 +143,8 @@ class ActivationStore:
         With ``shuffle`` the shard order and the rows within each shard are
         permuted (a bounded-memory shuffle).
         """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InterpError(f"batch_size must be a positive int, got {batch_size!r}")
         key = str(parse_site(site))
         if key not in self.sites:
             raise InterpError(f"site {key} is not in this store; stored sites: {', '.join(self.sites)}")
@@ -136,17 +169,28 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
                      overwrite: bool = False, encoded=None) -> ActivationStore:
     """Capture to ``out_dir`` shard by shard; resume if a matching store is there.
 
-    A store made by another model, with other sites, positions or prompts is
-    refused (pass another directory, or ``overwrite=True``). ``encoded``
-    takes pre-tokenized prompts (``Model.encode``) instead of ``prompts``.
+    A store made by another model, with other sites, positions (explicit
+    indices and masks are compared by value) or prompts is refused (pass
+    another directory, or ``overwrite=True``). Every argument is checked
+    before anything on disk changes, so a typo never costs the old store.
+    On resume each finished shard's checksum is verified; a damaged shard is
+    captured again. ``encoded`` takes pre-tokenized prompts
+    (``Model.encode``) instead of ``prompts``.
     """
     from .capture import capture
 
-    if shard_size < 1:
-        raise InterpError(f"shard_size must be >= 1, got {shard_size}")
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InterpError(f"{name} must be a positive int, got {value!r}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InterpError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float16, "
+                          f"torch.bfloat16), got {dtype!r}")
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InterpError(f"{out} exists and is not a folder; pass a folder path for the store")
     enc = encoded if encoded is not None else model.encode(prompts, chat=chat, system=system)
     site_list = [str(s) for s in expand_sites(sites, model.n_layers)]
+    pack(resolve_positions(positions, enc.lengths, enc.spans))  # a bad spec fails here, before the disk
     header = {
         "format": FORMAT, "model": model.name, "model_fingerprint": model.fingerprint, "sites": site_list,
         "positions": describe(positions), "chat": chat, "system": system,
@@ -154,21 +198,33 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
         "prompt_hashes": [prompt_hash(t) for t in enc.texts],
     }
     manifest_path = out / MANIFEST
-    if manifest_path.exists() and not overwrite:
-        old = json.loads(manifest_path.read_text())
+    done: dict[int, dict] = {}
+    if overwrite:
+        out.mkdir(parents=True, exist_ok=True)
+        for stale in out.glob("shard-*.safetensors*"):
+            stale.unlink()
+    elif manifest_path.exists():
+        old = read_manifest(manifest_path)
         diffs = [k for k in header if old.get(k) != header[k]]
         if diffs:
             detail = "; ".join(f"{k}: stored {_short(old.get(k))} vs now {_short(header[k])}" for k in diffs)
             raise InterpError(f"{out} holds a store made differently ({detail}); refusing to mix. Use another "
                               f"directory or overwrite=True")
-        done = {s["start"]: s for s in old["shards"] if (out / s["file"]).exists()
-                and (out / s["file"]).stat().st_size == s["bytes"]}
+        # a shard counts as done only if its bytes still hash to what the manifest says
+        done = {e["start"]: e for e in old["shards"] if (out / e["file"]).is_file()
+                and sha256_file(out / e["file"]) == e["sha256"]}
     else:
+        foreign = sorted(p.name for p in out.glob("shard-*.safetensors")) if out.is_dir() else []
+        if foreign:
+            raise InterpError(f"{out} holds {len(foreign)} shard files but no {MANIFEST}, so they cannot be "
+                              f"checked; nothing was deleted. Use another directory, or overwrite=True to "
+                              f"replace them")
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob("shard-*.safetensors"):
-            stale.unlink()
-        done = {}
+    for leftover in out.glob("shard-*.safetensors.tmp"):  # from a capture killed mid-write
+        leftover.unlink()
     manifest = {**header, "shards": []}
+    # the manifest exists before the first shard does, so shards on disk are never unaccounted for
+    _write_json(manifest_path, {**header, "shards": [e for e in done.values()]})
     starts = range(0, len(enc.texts), shard_size)
     bar = tqdm(starts, desc=f"store {out.name}", unit="shard", disable=not progress)
     for start in bar:
@@ -186,7 +242,9 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
                  "bytes": tmp.stat().st_size, "n_tokens": int(acts.mask.sum())}
         os.replace(tmp, out / name)
         manifest["shards"].append(entry)
-        _write_json(manifest_path, manifest)
+        # finished shards of the old manifest stay listed until this run passes them
+        _write_json(manifest_path, {**manifest, "shards": manifest["shards"] + [
+            e for s0, e in sorted(done.items()) if s0 > start]})
         del acts
     _write_json(manifest_path, manifest)
     return ActivationStore(out)
@@ -194,9 +252,7 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
 
 def _slice_positions(positions, start: int, stop: int):
     """Per-prompt position specs (lists, masks) follow their prompts into a shard."""
-    if isinstance(positions, (str, int, slice, range)):
-        return positions
-    return positions[start:stop]
+    return positions[start:stop] if is_per_prompt(positions) else positions
 
 
 def _short(v) -> str:

@@ -210,3 +210,64 @@ def test_last_logits_and_running_upper_blocks_only(tiny):
         edited_upper = tiny.last_logits(batch, start_layer=1, resid=resid)
     torch.testing.assert_close(edited_upper, edited_full, atol=1e-4, rtol=1e-4)
     assert (edited_full - full).abs().max() > 1e-3
+
+
+# --- issue 16 item 1: the instruction span is located by the template, not by searching the text
+@pytest.mark.parametrize("instruction", ["assistant", "a", "end", "start", "im_start", "user", "<|im_end|>", "x\n<|im_start|>assistant\n"])
+def test_instruction_span_is_the_users_text(tiny_llama, instruction):
+    m = tiny_llama
+    text, (a, b) = m.format_chat(instruction)
+    assert text[:a] == "<|im_start|>user\n" and text[a:b] == instruction
+    enc = m.encode([instruction])
+    start, end = enc.spans[0]
+    offsets = m.tokenizer(enc.texts[0], add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    # every instruction token overlaps the user's characters, and every user character is covered
+    assert all(offsets[t][0] < b and offsets[t][1] > a for t in range(start, end))
+    assert offsets[start][0] <= a and offsets[end - 1][1] >= b
+    last = m.capture([instruction], "resid_pre.0", "instruction_last", progress=False)
+    assert last.positions.tolist() == [[end - 1]]
+
+
+def test_instruction_span_with_system_prompt_mentioning_it(tiny_llama):
+    text, (a, b) = tiny_llama.format_chat("sea", system="Talk about the sea.")
+    assert text[a:b] == "sea" and text[:a].endswith("<|im_start|>user\n")
+
+
+# --- issue 16 item 2: masks as lists or numpy arrays, True, float indices, integer dtypes
+def test_list_and_numpy_masks_are_masks(tiny_llama):
+    import numpy as np
+
+    m = tiny_llama
+    prompts = ["How do I bake bread at home?", "Hi"]
+    n = m.encode(prompts).lengths
+    masks = [[k % 2 == 0 for k in range(length)] for length in n]
+    want = [[k for k in range(length) if k % 2 == 0] for length in n]
+    for spec in (masks, [np.array(x) for x in masks], [torch.tensor(x) for x in masks]):
+        acts = m.capture(prompts, "resid_pre.0", spec, progress=False)
+        assert [row[row >= 0].tolist() for row in acts.positions] == want
+    dense = np.zeros((2, max(n)), dtype=bool)
+    dense[0, 1] = dense[1, 0] = True
+    assert m.capture(prompts, "resid_pre.0", dense, progress=False).positions.tolist() == [[1], [0]]
+    with pytest.raises(InterpError, match="entries but the prompt has"):
+        m.capture(prompts, "resid_pre.0", [[True, False], [True]], progress=False)
+    with pytest.raises(InterpError, match="selects token"):
+        bad = np.zeros((2, max(n) + 1), dtype=bool)
+        bad[1, max(n)] = True
+        m.capture(prompts, "resid_pre.0", bad, progress=False)
+
+
+@pytest.mark.parametrize("bad,fragment", [(True, "not a position spec"), (False, "not a position spec"),
+                                          (1.0, "not a position spec"), ([[1.5], [0]], "not an integer"),
+                                          ([True, False], "flat list of"), ([[True, 1], [0]], "mix booleans"),
+                                          (torch.tensor([[0.0]]), "dtype")])
+def test_ambiguous_position_specs_are_refused(tiny_llama, bad, fragment):
+    with pytest.raises(InterpError, match=fragment):
+        tiny_llama.capture(["Hi there", "Hello"], "resid_pre.0", bad, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+@pytest.mark.xfail(reason="needs the one-line dtype check in interp/capture.py (lead's file; see docs/reliability.md)",
+                   raises=pytest.fail.Exception, strict=False)
+def test_integer_capture_dtype_is_refused(tiny_llama, dtype):
+    with pytest.raises(InterpError, match="floating"):
+        tiny_llama.capture(["Hi there"], "resid_pre.0", "last", dtype=dtype, progress=False)

@@ -41,3 +41,18 @@ def test_layer_out_of_range():
 def test_expand_bare_name_means_all_layers():
     sites = expand_sites(["mlp_out", "mlp_out.1"], n_layers=3)
     assert [str(s) for s in sites] == ["mlp_out.0", "mlp_out.1", "mlp_out.2"]
+
+
+# --- issue 16 item 2: a float or bool layer is refused, never truncated
+@pytest.mark.parametrize("bad", [("resid_post", 1.7), ("resid_post", True), ("resid_post", "1"), ("resid_post", None)])
+def test_non_integer_layer_is_refused(bad):
+    with pytest.raises(InterpError, match="not an integer"):
+        parse_site(bad, n_layers=4)
+    with pytest.raises(InterpError, match="not an integer"):
+        expand_sites([bad], n_layers=4)
+
+
+def test_numpy_integer_layer_is_fine():
+    import numpy as np
+
+    assert parse_site(("resid_post", np.int64(2)), n_layers=4) == Site("resid_post", 2)

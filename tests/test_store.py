@@ -91,3 +91,84 @@ def test_bad_store_paths(tmp_path, tiny_llama):
         next(store.iter_batches("mlp_out.0"))
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     assert manifest["format"].startswith("interp-activation-store")
+
+
+# --- issue 16 item 3: explicit positions are part of a store's identity
+def test_other_explicit_positions_are_not_served_from_the_old_store(tmp_path, tiny_llama):
+    m = tiny_llama
+    prompts = PROMPTS[:4]
+    m.capture_to_store(prompts, tmp_path / "s", "resid_pre.0", [[0]] * 4, progress=False)
+    with pytest.raises(InterpError, match="positions"):
+        m.capture_to_store(prompts, tmp_path / "s", "resid_pre.0", [[1]] * 4, progress=False)
+    n = m.encode(prompts).lengths
+    with pytest.raises(InterpError, match="positions"):
+        m.capture_to_store(prompts, tmp_path / "s", "resid_pre.0", [[k == 1 for k in range(x)] for x in n],
+                           progress=False)
+    again = m.capture_to_store(prompts, tmp_path / "s", "resid_pre.0", [[0]] * 4, progress=False)
+    assert again.load().positions.tolist() == [[0]] * 4
+
+
+# --- issue 16 item 4: no path loses or hides data
+def _store(tmp_path, m, **kw):
+    return m.capture_to_store(PROMPTS[:6], tmp_path / "s", "resid_pre.0", "last", shard_size=2, progress=False, **kw)
+
+
+def test_overwrite_with_a_typo_keeps_the_old_store(tmp_path, tiny_llama):
+    store = _store(tmp_path, tiny_llama)
+    files = sorted(p.name for p in (tmp_path / "s").iterdir())
+    for bad in ({"positions": "lastt"}, {"positions": 99}, {"batch_size": 0}, {"dtype": torch.int64}):
+        kw = {"positions": "last", **bad}
+        with pytest.raises(InterpError):
+            tiny_llama.capture_to_store(PROMPTS[:6], tmp_path / "s", "resid_pre.0", kw.pop("positions"),
+                                        shard_size=2, progress=False, overwrite=True, **kw)
+        assert sorted(p.name for p in (tmp_path / "s").iterdir()) == files
+    ActivationStore(tmp_path / "s").verify()
+    assert store.complete
+
+
+def test_missing_manifest_does_not_delete_shards(tmp_path, tiny_llama):
+    _store(tmp_path, tiny_llama)
+    (tmp_path / "s" / "manifest.json").unlink()
+    with pytest.raises(InterpError, match="no manifest.json"):
+        _store(tmp_path, tiny_llama)
+    assert len(list((tmp_path / "s").glob("shard-*.safetensors"))) == 3
+    assert _store(tmp_path, tiny_llama, overwrite=True).complete
+
+
+def test_resume_rehashes_shards(tmp_path, tiny_llama):
+    good = _store(tmp_path, tiny_llama).load()["resid_pre.0"]
+    shard = tmp_path / "s" / "shard-000000002.safetensors"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # same size, other bytes
+    shard.write_bytes(bytes(data))
+    again = _store(tmp_path, tiny_llama)
+    again.verify()
+    torch.testing.assert_close(again.load()["resid_pre.0"], good)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_iter_batches_needs_a_positive_batch_size(tmp_path, tiny_llama, batch_size):
+    store = _store(tmp_path, tiny_llama)
+    with pytest.raises(InterpError, match="batch_size"):
+        next(store.iter_batches("resid_pre.0", batch_size=batch_size))
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "sub/shard-000000000.safetensors", "manifest.json"])
+def test_manifest_cannot_point_outside_the_store(tmp_path, tiny_llama, name):
+    _store(tmp_path, tiny_llama)
+    (tmp_path / "x").write_bytes(b"outside")
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["shards"][0]["file"] = name
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InterpError, match="bad shard entry"):
+        ActivationStore(tmp_path / "s")
+
+
+@pytest.mark.parametrize("text", ["{", "[]", "null", '{"format": "interp-activation-store/1"}', "\xff"])
+def test_corrupt_manifest_is_a_clear_error(tmp_path, tiny_llama, text):
+    _store(tmp_path, tiny_llama)
+    (tmp_path / "s" / "manifest.json").write_text(text, encoding="latin-1")
+    with pytest.raises(InterpError, match="manifest|format"):
+        ActivationStore(tmp_path / "s")
+    with pytest.raises(InterpError):
+        _store(tmp_path, tiny_llama)
