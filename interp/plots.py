@@ -7,6 +7,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -39,3 +40,109 @@ def write_html(figures: Sequence[go.Figure], path: str | Path, title: str = "int
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+# --- refusal ---
+
+_REFUSAL_TITLES = {
+    "bypass": "bypass: refusal metric on harmful prompts, direction ablated (lower is better)",
+    "induce": "induce: refusal metric on harmless prompts, +r at its layer (higher is better)",
+    "kl": "KL on harmless prompts under ablation (lower is better)",
+}
+
+
+def position_labels(tokens: Sequence[str]) -> list[str]:
+    """One label per post-instruction position, "−4 '\\n'": the offset keeps equal tokens apart."""
+    n = len(tokens)
+    return [f"\u2212{n - i} {tok!r}" for i, tok in enumerate(tokens)]
+
+
+def _passes(report: dict, layer: int, pos: int) -> bool | None:
+    sel = report["selection"]
+    if "passes" in sel:
+        return sel["passes"][layer][pos]
+    f = report.get("filters") or {k: report.get("config", {}).get(k) for k in ("kl_max", "induce_min", "max_layer_frac")}
+    b, i, k = (sel[m][layer][pos] for m in ("bypass", "induce", "kl"))
+    if None in (b, i, k) or None in f.values():
+        return None
+    n_layers = len(sel["bypass"])
+    return i > f["induce_min"] and k < f["kl_max"] and layer < f["max_layer_frac"] * n_layers
+
+
+def refusal_heatmaps(report: dict) -> dict[str, go.Figure]:
+    """Layer × post-instruction position heatmaps of the refusal search, one per score.
+
+    Fully scored candidates are drawn solid, the rest with their cheap proxy score (faded, hover says
+    "proxy"); every position has its own column (labelled "−4 '\\n'"); the chosen candidate carries an
+    ×, and fully scored candidates that pass the selection filters are outlined.
+
+    Example:
+        figs = refusal_heatmaps(json.load(open("reports/demo/report.json")))
+        figs["bypass"].show()
+    """
+    sel, chosen = report["selection"], report["chosen"]
+    tokens = report["post_instruction_tokens"]
+    n_pos = len(tokens)
+    labels = position_labels(tokens)
+    xs = list(range(-n_pos, 0))
+    n_layers = len(sel["bypass"])
+    ys = list(range(n_layers))
+    passing = [(p - n_pos, layer) for layer in ys for p in range(n_pos) if _passes(report, layer, p)]
+    figs = {}
+    for key, title in _REFUSAL_TITLES.items():
+        full = sel.get(key) or [[None] * n_pos for _ in ys]
+        proxy = sel.get(f"proxy_{key}") or [[None] * n_pos for _ in ys]
+
+        def grid(src, only_where_full_missing: bool):
+            return [[(None if (only_where_full_missing and full[y][p] is not None) else src[y][p])
+                     for p in range(n_pos)] for y in ys]
+
+        z_full, z_proxy = grid(full, False), grid(proxy, True)
+        values = [v for g in (z_full, z_proxy) for row in g for v in row if v is not None and not math.isnan(v)]
+        lo, hi = (min(values), max(values)) if values else (0.0, 1.0)
+        common = dict(x=xs, y=ys, zmin=lo, zmax=hi, colorscale="RdBu_r", xgap=1, ygap=1)
+        fig = go.Figure()
+        fig.add_trace(go.Heatmap(z=z_proxy, opacity=0.45, name="proxy score (few prompts)", showscale=False,
+                                 hovertemplate="layer %{y}, position %{x}: %{z:.3f} (proxy)<extra></extra>", **common))
+        fig.add_trace(go.Heatmap(z=z_full, name="full score", colorbar={"title": key},
+                                 hovertemplate="layer %{y}, position %{x}: %{z:.3f} (full score)<extra></extra>",
+                                 **common))
+        if passing:
+            fig.add_trace(go.Scatter(x=[p for p, _ in passing], y=[y for _, y in passing], mode="markers",
+                                     name="passes the filters", hoverinfo="skip",
+                                     marker={"symbol": "square-open", "size": 16, "color": "#1a7f37",
+                                             "line": {"width": 2}}))
+        fig.add_trace(go.Scatter(x=[chosen["position"]], y=[chosen["layer"]], mode="markers", name="chosen",
+                                 marker={"symbol": "x", "size": 14, "color": "black"}))
+        n_full = sum(v is not None for row in z_full for v in row)
+        sub = (f"solid: full score ({n_full} candidates); faded: cheap proxy score; "
+               "× chosen; green outline: passes the selection filters")
+        fig.update_layout(title={"text": f"{title}<br><sup>{sub}</sup>"},
+                          xaxis_title="post-instruction position (offset and token)",
+                          yaxis_title="layer", template="plotly_white", height=max(360, 16 * n_layers + 160),
+                          legend={"orientation": "h", "y": -0.18},
+                          xaxis={"tickmode": "array", "tickvals": xs, "ticktext": labels, "range": [-n_pos - 0.5, -0.5]})
+        figs[key] = fig
+    return figs
+
+
+def refusal_rates(evaluation: Mapping[str, float]) -> go.Figure:
+    """Refusal rate on held-out prompts per condition (baseline, r̂ ablated, −r; harmless, +r), as bars.
+
+    ``evaluation`` is the refusal report's ``evaluation`` (``baseline_refusal``, ``ablated_refusal``, ...).
+
+    Example:
+        >>> ev = {"baseline_refusal": 0.7, "ablated_refusal": 0.0, "minus_r_refusal": 0.1,
+        ...       "baseline_harmless_refusal": 0.05, "induced_refusal": 0.8, "n_harmful": 8, "n_harmless": 8}
+        >>> [round(v, 2) for v in refusal_rates(ev).data[0].y]
+        [0.7, 0.0, 0.1, 0.05, 0.8]
+    """
+    keys = {"harmful": "baseline_refusal", "harmful, r̂ ablated": "ablated_refusal", "harmful, −r": "minus_r_refusal",
+            "harmless": "baseline_harmless_refusal", "harmless, +r": "induced_refusal"}
+    counts = [evaluation.get("n_harmful")] * 3 + [evaluation.get("n_harmless")] * 2
+    fig = go.Figure(go.Bar(x=list(keys), y=[evaluation[k] for k in keys.values()],
+                           marker_color=["#a11", "#e88", "#e88", "#26a", "#8ad"],
+                           customdata=counts, hovertemplate="%{x}: %{y:.2f} of %{customdata} prompts<extra></extra>"))
+    fig.update_layout(title="refusal rate on held-out prompts (greedy completions)", yaxis_range=[0, 1],
+                      yaxis_title="fraction refused", template="plotly_white")
+    return fig
