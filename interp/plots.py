@@ -77,7 +77,7 @@ def refusal_heatmaps(report: dict) -> dict[str, go.Figure]:
     ×, and fully scored candidates that pass the selection filters are outlined.
 
     Example:
-        figs = refusal_heatmaps(json.load(open("reports/demo/report.json")))
+        figs = refusal_heatmaps(result.report)      # the report of interp.experiments.refusal.run
         figs["bypass"].show()
     """
     sel, chosen = report["selection"], report["chosen"]
