@@ -53,3 +53,57 @@ def test_cli_toy_json(capsys):
     out = json.loads(capsys.readouterr().out)
     assert set(out["fraction_of_effect"]) == {"full", "das", "rowspace", "nullspace"}
     assert out["verdict"].startswith("illusory")
+
+
+# --- scikit-learn contract of IllusionSplit -------------------------------------------------------------------
+# Every check of check_estimator applies to the default IllusionSplit() (direction from the labels, identity
+# reader), so none is skipped for it. With a fixed direction= the estimator only fits data of that width, which
+# the generated check data (2 to 10 features) does not have; test_split_with_a_given_direction covers that mode.
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+from interp.analyzers.illusion import IllusionSplit  # noqa: E402
+
+
+@parametrize_with_checks([IllusionSplit()])
+def test_sklearn_check_estimator(estimator, check):
+    check(estimator)
+
+
+def test_clone_params_pipeline_and_cross_val():
+    import numpy as np
+    from sklearn.base import clone
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+
+    est = IllusionSplit(reader=np.eye(4)[:2], rtol=1e-5)
+    twin = clone(est)
+    assert twin.get_params()["rtol"] == 1e-5 and np.array_equal(twin.reader, est.reader)
+    assert twin.set_params(rtol=1e-3).rtol == 1e-3 and est.rtol == 1e-5
+    rng = np.random.default_rng(0)
+    y = np.array(["clean", "corrupted"] * 20)  # string labels work
+    X = rng.normal(size=(40, 4)) + (y == "clean")[:, None] * np.array([2.0, 0, 2.0, 0])
+    scores = cross_val_score(make_pipeline(IllusionSplit(), LogisticRegression()), X, y, cv=4)
+    assert scores.mean() > 0.8
+    est.fit(X, y)
+    assert list(est.classes_) == ["clean", "corrupted"]
+    np.testing.assert_allclose(est.direction_, [-0.7071, 0, -0.7071, 0], atol=0.25)  # corrupted minus clean
+    np.testing.assert_allclose(est.rowspace_ + est.nullspace_, est.direction_)
+    assert isinstance(est.transform(torch.as_tensor(X)), np.ndarray) and est.transform(X).shape == (40, 3)
+
+
+def test_split_with_a_given_direction():
+    import numpy as np
+
+    toy = ToyIllusion()
+    h = toy.hidden(torch.randn(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    split = IllusionSplit(direction=torch.tensor([1.0, 1.0, 0.0]), reader=toy.w_out).fit(h)
+    assert split.variation_["rowspace"] == pytest.approx(0.0, abs=1e-12)  # e2: dormant
+    assert split.variation_["nullspace"] > 0.5  # e1: disconnected
+    np.testing.assert_allclose(split.rowspace_, [0, 0.7071, 0], atol=1e-4)
+    with pytest.raises(InterpError, match="direction has 3 entries"):
+        split.fit(np.ones((5, 4)))
+    with pytest.raises(InterpError, match="requires y"):
+        IllusionSplit().fit(h)
+    with pytest.raises(InterpError, match="2 features"):
+        IllusionSplit(direction=[1.0, 0.0]).fit(np.ones((5, 2))).transform(np.ones((5, 3)))

@@ -10,6 +10,13 @@ checks split v into its rowspace part (what the reader can see) and its
 nullspace part, re-patch along each alone, measure how much each varies on
 real inputs, and compare with patching the whole component.
 
+- ``IllusionSplit``: the model-free half as a scikit-learn transformer: fit on
+  real-input activations, it splits the direction against the reader and
+  measures each part's spread; ``transform`` gives the projections.
+- ``illusion_checks``: the split plus the patching effects (a callable you
+  pass, e.g. from ``interp.experiments.patching``) and a verdict.
+- ``ToyIllusion``: the paper's three-unit toy model.
+
 Example:
     >>> model = ToyIllusion()
     >>> report = model.checks()
@@ -21,7 +28,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Callable
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InterpError
 
@@ -36,6 +46,116 @@ def split_by_reader(v: torch.Tensor, reader: torch.Tensor, rtol: float = 1e-6) -
     v = v.double()
     row = basis.T @ (basis @ v)
     return row, v - row
+
+
+def _tensor(x, what: str) -> torch.Tensor:
+    """float64 torch view of numpy/torch input (torch kept as is, so the float64 arithmetic matches)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().double()
+    try:
+        return torch.as_tensor(np.asarray(x, dtype=np.float64))
+    except (TypeError, ValueError):
+        raise InterpError(f"{what} must be numeric (a numpy array or torch tensor)") from None
+
+
+def _validated(est, X, **kw) -> np.ndarray:
+    """sklearn's input checks (finite, 2-D, feature count), failing with an InterpError (a ValueError)."""
+    if isinstance(X, torch.Tensor):  # checked as float64 numpy, computed on the same values
+        X = X.detach().cpu().double().numpy()
+    try:
+        return validate_data(est, X, dtype=np.float64, **kw)
+    except InterpError:
+        raise
+    except ValueError as e:
+        raise InterpError(f"{type(est).__name__}: {e}") from None
+
+
+class IllusionSplit(TransformerMixin, BaseEstimator):
+    """Split a patch direction against the matrix that reads its site, and measure each part on real inputs.
+
+    Parameters:
+        direction: the patched direction [d] (normalized in ``fit``). None: the
+            difference of class means of ``X`` under labels ``y`` (mean of the
+            second class in sorted order minus the first), the mean-difference
+            direction the paper compares with; with more than two classes, the
+            axis along which the class means spread most.
+        reader: the matrix [out, d] that reads the site (an MLP down projection,
+            some heads' query rows). None: the identity, so nothing is in the
+            nullspace.
+        rtol: singular values of the reader below ``rtol`` × the largest count as zero.
+
+    Fitted: ``direction_`` (unit, [d]), ``rowspace_`` and ``nullspace_`` (the
+    raw parts, not renormalized, summing to ``direction_``), ``norms_``
+    ({"rowspace", "nullspace"}), ``variation_`` (std over ``X`` of the
+    projection on the unit direction and on each part's unit vector:
+    {"direction", "rowspace", "nullspace"}; a part that barely varies is
+    dormant), ``mean_``, ``n_features_in_``; ``classes_`` when fitted from
+    labels. ``transform(X)`` returns those three projections of ``X − mean_``
+    as [n, 3] (0 for a part of norm ~0).
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.c_[np.random.default_rng(0).normal(size=50), np.zeros(50)]
+        >>> split = IllusionSplit(direction=np.ones(2), reader=np.array([[0.0, 1.0]])).fit(X)
+        >>> split.variation_["rowspace"], split.variation_["nullspace"] > 0.5
+        (0.0, True)
+    """
+
+    def __init__(self, direction=None, reader=None, rtol: float = 1e-6):
+        self.direction = direction
+        self.reader = reader
+        self.rtol = rtol
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.required = self.direction is None
+        return tags
+
+    def fit(self, X, y=None) -> "IllusionSplit":
+        X = _validated(self, X, reset=True, ensure_min_samples=2)
+        acts = torch.tensor(X)  # a copy: X may be a read-only memmap
+        if self.direction is None:
+            v = self._mean_difference(acts, y)
+        else:
+            v = _tensor(self.direction, "the direction").flatten()
+        if v.numel() != acts.shape[1]:
+            raise InterpError(f"the direction has {v.numel()} entries, the activations {acts.shape[1]} features")
+        if v.norm() < 1e-12 or not torch.isfinite(v).all():
+            raise InterpError("the direction is zero or not finite")
+        v = v / v.norm()
+        reader = torch.eye(v.numel(), dtype=torch.float64) if self.reader is None else _tensor(self.reader, "the reader")
+        row, null = split_by_reader(v, reader, self.rtol)
+        self.mean_ = acts.mean(0)
+        self._units = [v] + [p / p.norm() if p.norm() > 1e-8 else p for p in (row, null)]
+        centered = acts - self.mean_
+        self.variation_ = {name: float((centered @ u).std()) if u.norm() > 1e-8 else 0.0
+                           for name, u in zip(("direction", "rowspace", "nullspace"), self._units)}
+        self.norms_ = {"rowspace": float(row.norm()), "nullspace": float(null.norm())}
+        self.direction_, self.rowspace_, self.nullspace_ = v.numpy(), row.numpy(), null.numpy()
+        self.mean_ = self.mean_.numpy()
+        return self
+
+    def _mean_difference(self, acts: torch.Tensor, y) -> torch.Tensor:
+        if y is None:
+            raise InterpError("IllusionSplit without direction= requires y to be passed, but the target y is None; "
+                              "give class labels (the mean-difference direction) or a direction")
+        y = np.asarray(y)
+        if y.shape[0] != acts.shape[0]:
+            raise InterpError(f"y has {y.shape[0]} labels for {acts.shape[0]} rows of X")
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise InterpError("the mean-difference direction needs at least two classes in y")
+        means = torch.stack([acts[torch.from_numpy(np.asarray(y == c))].mean(0) for c in self.classes_])
+        if len(self.classes_) == 2:
+            return means[1] - means[0]
+        # more classes: the axis along which the class means spread most
+        return torch.linalg.svd(means - means.mean(0), full_matrices=False)[2][0]
+
+    def transform(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = _validated(self, X, reset=False)
+        units = np.stack([u.numpy() for u in self._units], 1)
+        return (X - self.mean_) @ units
 
 
 @dataclass
@@ -64,24 +184,18 @@ def illusion_checks(effect: Callable[[torch.Tensor | None], float], v: torch.Ten
     variation check. The subspace looks faithful when the rowspace part alone
     keeps at least ``faithful_share`` of the direction's effect.
     """
-    v = v.double().flatten()
+    v = _tensor(v, "the direction").flatten()
+    activations = _tensor(activations, "the activations")
     if v.norm() < 1e-12 or not torch.isfinite(v).all():
         raise InterpError("the direction is zero or not finite")
     if activations.dim() != 2 or activations.shape[1] != v.numel():
         raise InterpError(f"activations must be [n, {v.numel()}], got {tuple(activations.shape)}")
-    v = v / v.norm()
-    row, null = split_by_reader(v, reader)
+    split = IllusionSplit(direction=v, reader=reader).fit(activations)
+    v, row, null = (torch.from_numpy(a) for a in (split.direction_, split.rowspace_, split.nullspace_))
     frac = {"full": float(effect(None)), "das": float(effect(v))}
     for name, part in (("rowspace", row), ("nullspace", null)):
         frac[name] = float(effect(part)) if part.norm() > 1e-8 else 0.0
-    acts = activations.double()
-    acts = acts - acts.mean(0)
-
-    def spread(u):
-        return float((acts @ u).std()) if u.norm() > 1e-8 else 0.0
-
-    variation = {"direction": spread(v), "rowspace": spread(row / row.norm() if row.norm() > 1e-8 else row),
-                 "nullspace": spread(null / null.norm() if null.norm() > 1e-8 else null)}
+    variation = split.variation_
     share = frac["rowspace"] / frac["das"] if abs(frac["das"]) > 1e-9 else float("nan")
     numbers = (f"direction {frac['das']:.3f} of the effect, rowspace part alone {frac['rowspace']:.3f}, nullspace "
                f"part alone {frac['nullspace']:.3f}, full component {frac['full']:.3f}; projection std on real "
@@ -93,7 +207,7 @@ def illusion_checks(effect: Callable[[torch.Tensor | None], float], v: torch.Ten
                "(dormant)" if variation["nullspace"] > variation["rowspace"] else
                "the rowspace part alone does not reproduce the effect")
         verdict = f"illusory: {why} ({numbers})"
-    return IllusionReport(frac, variation, {"rowspace": float(row.norm()), "nullspace": float(null.norm())}, verdict)
+    return IllusionReport(frac, variation, split.norms_, verdict)
 
 
 class ToyIllusion:
@@ -136,3 +250,4 @@ class ToyIllusion:
         v = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64) / 2 ** 0.5 if v is None else v
         xs = torch.randn(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
         return illusion_checks(self.patch_effect, v, self.w_out, self.hidden(xs))
+
