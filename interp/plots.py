@@ -146,3 +146,76 @@ def refusal_rates(evaluation: Mapping[str, float]) -> go.Figure:
     fig.update_layout(title="refusal rate on held-out prompts (greedy completions)", yaxis_range=[0, 1],
                       yaxis_title="fraction refused", template="plotly_white")
     return fig
+
+
+# --- rank and sae ---
+
+def rank_per_layer(report: Mapping) -> go.Figure:
+    """k99/d against layer, one line per site with its bootstrap band (the rank experiment's report).
+
+    Example:
+        >>> r = {"layers": [2, 5], "threshold": 0.99, "n_tokens": 100, "relative_k99": {"attn_out": [0.4, 0.5]},
+        ...      "ci": {"attn_out": [[0.3, 0.4], [0.4, 0.5]]}}
+        >>> [list(t.y) for t in rank_per_layer(r).data if t.mode == "lines+markers"]
+        [[0.4, 0.5]]
+    """
+    fig = go.Figure()
+    xs = list(report["layers"])
+    for n, ys in report["relative_k99"].items():
+        lo, hi = zip(*report["ci"][n])
+        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=list(hi) + list(lo)[::-1], fill="toself", opacity=0.2,
+                                 line={"width": 0}, showlegend=False, hoverinfo="skip", name=f"{n} CI"))
+        fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=n))
+    fig.update_layout(title=f"k{round(report['threshold'] * 100)} / d per layer ({report['n_tokens']} tokens; "
+                      f"bands: bootstrap CI)", xaxis_title="layer", yaxis_title="relative rank",
+                      template="plotly_white")
+    return fig
+
+
+def rank_spectra(eigenvalues: Mapping[str, Sequence[float]], threshold: float = 0.99) -> go.Figure:
+    """Cumulative explained variance against k/d, one line per site (e.g. ``{"attn_out.3": eigenvalues}``).
+
+    Where a line crosses the dashed ``threshold`` is that site's relative rank.
+
+    Example:
+        >>> fig = rank_spectra({"attn_out.0": [3.0, 1.0], "mlp_out.0": [1.0, 1.0]})
+        >>> [round(v, 2) for v in fig.data[0].y]
+        [0.75, 1.0]
+    """
+    fig = go.Figure()
+    for key, ev in eigenvalues.items():
+        ev = sorted((max(float(v), 0.0) for v in ev), reverse=True)
+        total = sum(ev) or 1.0
+        cum, acc = [], 0.0
+        for v in ev:
+            acc += v
+            cum.append(acc / total)
+        d = len(ev)
+        fig.add_trace(go.Scatter(x=[(i + 1) / d for i in range(d)], y=cum, mode="lines", name=key))
+    fig.add_hline(y=threshold, line_dash="dash", line_color="#888")
+    fig.update_layout(title="PCA spectra: variance explained by the top k components", xaxis_title="k / d",
+                      yaxis_title="cumulative variance fraction", template="plotly_white")
+    return fig
+
+
+def sae_training_curves(histories: Mapping[str, Sequence[Mapping]]) -> dict[str, go.Figure]:
+    """Dead fraction, explained variance and L0 against training tokens, one line per run (e.g. per init).
+
+    ``histories`` maps a run name to ``train_sae``'s history rows (``tokens``, ``dead_fraction``,
+    ``explained_variance``, ``l0``).
+
+    Example:
+        >>> h = {"active": [{"tokens": 512, "dead_fraction": 0.1, "explained_variance": 0.2, "l0": 32.0}]}
+        >>> sorted(sae_training_curves(h))
+        ['dead_fraction', 'explained_variance', 'l0']
+    """
+    figs = {}
+    for metric, title in (("dead_fraction", "dead fraction (training window)"),
+                          ("explained_variance", "explained variance (training batch)"), ("l0", "L0")):
+        fig = go.Figure()
+        for name, rows in histories.items():
+            fig.add_trace(go.Scatter(x=[h["tokens"] for h in rows], y=[h[metric] for h in rows], mode="lines",
+                                     name=name))
+        fig.update_layout(title=title, xaxis_title="training tokens", yaxis_title=metric, template="plotly_white")
+        figs[metric] = fig
+    return figs
