@@ -95,6 +95,20 @@ def test_raw_hooks_only_in_the_core():
     assert not offenders, "raw hooks outside the core: " + ", ".join(offenders)
 
 
+def test_private_model_attributes_stay_in_the_core():
+    """Architecture facts live in arch.py (BlockLayout) and the Model; nothing else reaches inside."""
+    pat = re.compile(r"\._(layers|layout|register|block|unembed|run_upper_blocks|intervention_state)\b"
+                     r"|arch\._get|from \.+arch import [^\n]*\b_get\b")
+    offenders = []
+    for path in ROOT.rglob("*.py"):
+        if path.parent == ROOT and path.name in CORE | {"generation.py"}:
+            continue
+        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pat.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{i}")
+    assert not offenders, "private model attributes used outside the core: " + ", ".join(offenders)
+
+
 def test_report_json_written_only_by_the_report_writer():
     offenders = []
     for path in ROOT.rglob("*.py"):
