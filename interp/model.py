@@ -264,6 +264,14 @@ class Model:
         with torch.no_grad():
             return self._forward(batch, logits=True)
 
+    def unembed(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits from final hidden states (after the final norm), with the model's logit soft-capping.
+
+        Example:
+            logits = model.unembed(cache["resid_post.23"])   # only after the final norm: see logit lens
+        """
+        return self._unembed(h)
+
     def _unembed(self, h: torch.Tensor) -> torch.Tensor:
         logits = self.hf.get_output_embeddings()(h)
         cap = getattr(self.config, "final_logit_softcapping", None)
