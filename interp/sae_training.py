@@ -12,7 +12,8 @@ measurements:
   held-out evaluation window (``evaluate``);
 - L0 and explained variance ``1 - Σ‖x - x̂‖² / Σ‖x - x̄‖²``;
 - the LM loss with the SAE reconstruction spliced into the model in place of
-  the site's output (``spliced_lm_loss``, through ``model.hooks``).
+  the site's output (``spliced_lm_loss``: ``Splice(sae)`` and ``Zero()``
+  through ``model.intervene``, the loss from ``interp.evaluation``).
 
 Checkpoints hold no pickle: SAE weights in SAELens' format (safetensors +
 cfg.json), optimizer moments and counters in safetensors, scalars in JSON.
@@ -234,34 +235,27 @@ def evaluate(sae, activations: torch.Tensor, batch_size: int = 4096) -> dict:
 def spliced_lm_loss(model, sae, site: str, texts: list[str], batch_size: int = 8) -> dict:
     """Next-token loss clean, with the SAE reconstruction in place of ``site``, and with ``site`` zeroed.
 
+    The edits are ``Splice(sae)`` and ``Zero()`` through ``model.intervene``;
+    the loss is ``interp.evaluation.text_ce`` (float64 log-probabilities).
     ``loss_recovered`` = (zero - spliced) / (zero - clean): 1 when the
     reconstruction is as good as the real activations, 0 when no better than
     removing them.
+
+    Example:
+        r = spliced_lm_loss(model, SAE.load_from_disk("runs/active/sae"), "attn_out.3", texts)
+        r["clean"], r["spliced"], r["loss_recovered"]
     """
+    from .evaluation import text_ce
+    from .interventions import Splice, Zero
     from .sites import parse_site
 
-    key = parse_site(site, model.n_layers)
+    key = str(parse_site(site, model.n_layers))
     sae.eval()
-    ids = [model.tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
-    totals = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0}
-    n_tok = 0
-    fns: dict[str, Callable | None] = {
-        "clean": None,
-        "spliced": lambda x: sae(x.float()).to(x.dtype),
-        "zero_ablated": lambda x: torch.zeros_like(x)}
-    for s in range(0, len(ids), batch_size):
-        batch = model.pad(ids[s:s + batch_size])
-        labels = batch["input_ids"][:, 1:]
-        valid = batch["attention_mask"][:, 1:].bool() & batch["attention_mask"][:, :-1].bool()
-        n_tok += int(valid.sum())
-        for name, fn in fns.items():
-            with model.hooks({} if fn is None else {key: fn}):
-                logits = model.run(batch)[:, :-1].float()
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-            totals[name] += float(nll[valid].sum())
-    out = {k: v / n_tok for k, v in totals.items()}
+    edits = {"clean": None, "spliced": {key: Splice(sae)}, "zero_ablated": {key: Zero()}}
+    out = {name: text_ce(model, texts, iv, batch_size=batch_size) for name, iv in edits.items()}
     out["loss_recovered"] = (out["zero_ablated"] - out["spliced"]) / max(out["zero_ablated"] - out["clean"], 1e-9)
-    out["n_tokens"] = n_tok
+    # scored tokens: every next-token pair inside a text (text_ce scores exactly these)
+    out["n_tokens"] = sum(max(len(ids) - 1, 0) for ids in model.encode(texts, chat=False).ids)
     return out
 
 
@@ -371,42 +365,3 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
                "wall_seconds_this_call": time.perf_counter() - t_run, "sae_path": str(out / "sae")}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def benchmark(store, site: str, cfg: SAETrainConfig, out_dir) -> dict:
-    """Training tokens/s through interp (``train_sae``: store streaming, metrics, checkpoints) vs SAELens'
-    own ``SAETrainer.fit`` loop on the same activations held in memory, and the active-init one-off cost."""
-    from sae_lens.config import SAETrainerConfig
-    from sae_lens.training.sae_trainer import SAETrainer
-
-    from .analyzers.sae_init import init_sae
-
-    out = Path(out_dir)
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    ours = train_sae(store, site, out / "interp", dataclasses.replace(cfg, init="random", normalize=False),
-                     progress=False)
-    interp_wall = time.perf_counter() - t0
-    x = torch.cat(list(store.iter_batches(site, cfg.batch_size, shuffle=True, seed=cfg.seed, drop_last=True)))
-    n_batches = x.shape[0] // cfg.batch_size
-
-    def cycle() -> Iterator[torch.Tensor]:
-        i = 0
-        while True:
-            j = i % n_batches
-            yield x[j * cfg.batch_size:(j + 1) * cfg.batch_size]
-            i += 1
-
-    sae = build_sae(cfg.kind, x.shape[1], cfg.d_sae, cfg.k, cfg.l1_coefficient, cfg.l0_coefficient, cfg.seed)
-    tcfg = SAETrainerConfig(total_training_samples=cfg.total_tokens, train_batch_size_samples=cfg.batch_size,
-                            lr=cfg.lr, lr_end=cfg.lr, device="cpu")
-    t0 = time.perf_counter()
-    SAETrainer(cfg=tcfg, sae=sae, data_provider=cycle()).fit()
-    saelens_wall = time.perf_counter() - t0
-    sae2 = build_sae(cfg.kind, x.shape[1], cfg.d_sae, cfg.k, cfg.l1_coefficient, cfg.l0_coefficient, cfg.seed)
-    init = init_sae(sae2, x[:cfg.init_tokens], cfg.d_active, cfg.rank_threshold, cfg.seed)
-    return {"tokens": cfg.total_tokens, "interp_tokens_per_s": cfg.total_tokens / interp_wall,
-            "interp_step_tokens_per_s": ours["tokens_per_second"],
-            "saelens_fit_tokens_per_s": cfg.total_tokens / saelens_wall,
-            "active_init_seconds": init["seconds"], "active_init_d_active": init["d_active"],
-            "active_init_tokens": min(cfg.init_tokens, x.shape[0])}

@@ -1,8 +1,12 @@
-"""``interp rank``: effective rank (k99/d) of attention vs MLP outputs and the residual stream per layer."""
+"""``interp rank``: effective rank (k99/d) of attention vs MLP outputs and the residual stream per layer.
+
+Parses arguments, validates sites and layers before the model loads, and calls
+``interp.experiments.rank.run``.
+"""
 from __future__ import annotations
 
 import json
-import time
+import re
 from pathlib import Path
 
 
@@ -12,10 +16,11 @@ def add_parser(sub) -> None:
                        "documentation prose (interp.data.corpus) into an activation store, and report per layer the "
                        "smallest k whose top-k principal components explain 99%% of the variance, divided by d, "
                        "with bootstrap CIs (report.json, report.html).")
-    p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    p.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     p.add_argument("--out", required=True, help="output folder for the store, report.json and report.html")
-    p.add_argument("--sites", default="attn_out,mlp_out,resid_post", help="comma-separated site names")
-    p.add_argument("--layers", default="all", help="'all', or comma-separated layer indices (default all)")
+    p.add_argument("--sites", nargs="+", default=["attn_out", "mlp_out", "resid_post"],
+                   help="site names, space-separated (default attn_out mlp_out resid_post)")
+    p.add_argument("--layers", nargs="+", default=["all"], help="'all' or layer indices, space-separated (default all)")
     p.add_argument("--passages", type=int, default=200, help="text passages to read (default 200)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per passage (default 128)")
     p.add_argument("--positions", default="1:", help="token positions; default '1:' drops the first token, whose "
@@ -26,55 +31,66 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from ..analyzers.rank import fit_store_sites
-    from ..data.corpus import passages_for
+def split_list(values) -> list[str]:
+    """Space-separated argparse values, each of which may still hold the older comma form ('2,5')."""
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def parse_layer_list(values, n_layers: int | None) -> list[int] | None:
+    """``['all']`` → None (every layer); otherwise integer layer indices, checked against ``n_layers`` if known."""
     from ..errors import InterpError
+
+    items = split_list(values)
+    if items == ["all"]:
+        return None
+    try:
+        layers = [int(x) for x in items]
+    except ValueError:
+        raise InterpError(f"--layers takes 'all' or integer layer indices, got {' '.join(items)!r}") from None
+    top = f"0..{n_layers - 1}" if n_layers else "0 and up"
+    if not layers or any(x < 0 or (n_layers is not None and x >= n_layers) for x in layers):
+        raise InterpError(f"layers must be in {top}, got {' '.join(items)}")
+    return layers
+
+
+def known_n_layers(model: str) -> int | None:
+    """The layer count of a model without loading it, when it is knowable (packaged or local folder), else None."""
+    from ..packaged import PACKAGED, model_dir
+
+    candidates = [Path(model) / "config.json"]
+    if model in PACKAGED:
+        candidates.insert(0, model_dir(model) / "hf" / "config.json")
+    for path in candidates:
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        cfg = cfg.get("text_config", cfg)
+        for key in ("num_hidden_layers", "n_layer", "n_layers"):
+            if isinstance(cfg.get(key), int):
+                return cfg[key]
+    if model in PACKAGED:  # not converted yet: the description states it ("llama, 30 layers, ...")
+        m = re.search(r"(\d+) layers", PACKAGED[model].description)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def run(args) -> int:
+    from ..experiments import rank
     from ..loading import load_model
-    from ..plots import write_html
-    from ..sites import Site
 
+    config = rank.Config(sites=tuple(split_list(args.sites)),
+                         layers=parse_layer_list(args.layers, known_n_layers(args.model)),
+                         passages=args.passages, max_tokens=args.max_tokens, positions=args.positions,
+                         threshold=args.threshold, bootstrap=args.bootstrap, batch_size=args.batch_size)
+    config = rank.check_config(config, known_n_layers(args.model))  # fail before the model loads
     model = load_model(args.model)
-    names = [s.strip() for s in args.sites.split(",") if s.strip()]
-    layers = list(range(model.n_layers)) if args.layers == "all" else [int(x) for x in args.layers.split(",")]
-    if any(not 0 <= layer < model.n_layers for layer in layers):
-        raise InterpError(f"layers must be in 0..{model.n_layers - 1}, got {args.layers}")
-    texts = passages_for(model.tokenizer, args.passages, args.max_tokens)
-    out = Path(args.out)
-    t0 = time.time()
-    store = model.capture_to_store(texts, out / "store", [str(Site(n, layer)) for n in names for layer in layers],
-                                   args.positions, chat=False, batch_size=args.batch_size, shard_size=64)
-    fits = fit_store_sites(store, threshold=args.threshold, n_bootstrap=args.bootstrap, progress=True)
-    report = {"model": model.describe(), "threshold": args.threshold, "positions": args.positions,
-              "n_passages": len(texts), "max_tokens": args.max_tokens, "n_tokens": store.n_tokens,
-              "layers": layers, "relative_k99": {}, "k99": {}, "ci": {}, "seconds": None}
-    for n in names:
-        ests = [fits[str(Site(n, layer))] for layer in layers]
-        report["relative_k99"][n] = [e.relative_k_ for e in ests]
-        report["k99"][n] = [e.k_ for e in ests]
-        report["ci"][n] = [list(e.ci_) for e in ests]
-    report["seconds"] = round(time.time() - t0, 1)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
-    write_html([rank_figure(report)], out / "report.html", title=f"Effective rank: {model.name}",
-               intro=f"k{round(args.threshold * 100)}/d per layer on {store.n_tokens} tokens of documentation "
-               f"prose; bands: {args.bootstrap}-resample bootstrap 95% CI over tokens.")
-    for n, rel in report["relative_k99"].items():
-        print(f"{n:<11} " + " ".join(f"{r:.2f}" for r in rel))
-    print(f"layers {layers}; {store.n_tokens} tokens; wrote {out}/report.json and report.html")
+    result = rank.run(model, config, out=args.out)
+    r = result.report
+    for n, rel in r["relative_k99"].items():
+        print(f"{n:<11} " + " ".join(f"{v:.2f}" for v in rel))
+    print(f"layers {r['layers']}; {r['n_tokens']} tokens; wrote {args.out}/report.json and report.html")
     return 0
-
-
-def rank_figure(report: dict):
-    """Relative rank vs layer, one line per site, CI bands."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    xs = report["layers"]
-    for n, ys in report["relative_k99"].items():
-        lo, hi = zip(*report["ci"][n])
-        fig.add_trace(go.Scatter(x=xs + xs[::-1], y=list(hi) + list(lo)[::-1], fill="toself", opacity=0.2,
-                                 line={"width": 0}, showlegend=False, hoverinfo="skip", name=f"{n} CI"))
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=n))
-    fig.update_layout(title=f"k{round(report['threshold'] * 100)} / d per layer ({report['n_tokens']} tokens)",
-                      xaxis_title="layer", yaxis_title="relative rank", template="plotly_white")
-    return fig
