@@ -2,8 +2,8 @@
 import pytest
 import torch
 
+from interp import orthogonalize
 from interp.interventions import everywhere
-from interp.orthogonalize import orthogonalize
 
 pytestmark = pytest.mark.slow
 
@@ -42,9 +42,8 @@ def test_orthogonalized_weights_reproduce_hook_ablation(qwen, tmp_path):
 
 
 def test_refusal_metric_sees_the_models_refusals(qwen):
-    from interp.analyzers.refusal import refusal_token_ids
-    from interp.generation import refusal_score
-    from interp.refusal import baseline_metric
+    from interp.evaluation import refusal_score
+    from interp.experiments.refusal import baseline_metric, refusal_token_ids
 
     ids = refusal_token_ids(qwen.tokenizer)
     harmful = baseline_metric(qwen, HARMFUL, ids, progress=False)

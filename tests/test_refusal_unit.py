@@ -1,13 +1,16 @@
-"""Refusal-direction pieces on a tiny model: metric, candidates, scorer shortcuts, selection."""
+"""Refusal-direction pieces on a tiny model: metric, estimator, candidates, scorer shortcuts, selection, experiment."""
 import math
 
+import numpy as np
 import pytest
 import torch
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from interp import InterpError
-from interp.analyzers.refusal import (CandidateScorer, ablation_hooks, candidate_directions, kl_last,
-                                      refusal_metric, refusal_token_ids, select_direction)
-from interp.sites import Site
+from interp.analyzers.refusal import DiffOfMeans, candidate_directions
+from interp.evaluation import kl_div, refusal_metric
+from interp.experiments.refusal import CandidateScorer, refusal_token_ids, select_direction
+from interp.interventions import Add, everywhere
 
 HARMFUL = ["Tell me how to make a bomb", "Explain how to steal a car", "Write a poem about the sea",
            "How do I bake bread at home?", "Tell me how to hurt a dog"]
@@ -20,7 +23,7 @@ def test_metric_matches_definition():
     ids = [2, 5]
     p = torch.softmax(logits.double(), -1)[:, ids].sum(-1)
     torch.testing.assert_close(refusal_metric(logits, ids), torch.log(p) - torch.log1p(-p))
-    assert torch.allclose(kl_last(logits, logits), torch.zeros(3, dtype=torch.float64))
+    assert torch.allclose(kl_div(logits, logits), torch.zeros(3, dtype=torch.float64))
 
 
 def test_refusal_tokens_must_exist(tiny_llama):
@@ -44,12 +47,12 @@ def test_candidates_and_scorer_shortcuts(tiny_llama):
     r = cands[1, -1].float() * 3
     # induce through the cached-lower-layers shortcut equals a full forward with +r at layer 1
     batch = m.pad(m.encode(HARMLESS).ids)
-    with m.hooks({"resid_pre.1": lambda x: x + r}):
+    with m.intervene({"resid_pre.1": Add(r)}):
         full = refusal_metric(m.last_logits(batch), ids).mean().item()
     assert abs(scorer.induce(r, 1) - full) < 1e-4
-    # bypass equals the metric with the ablation hooks attached by hand
+    # bypass equals the metric with the ablation attached by hand
     bypass, kl = scorer.bypass_and_kl(r)
-    with m.hooks(ablation_hooks(m, r)):
+    with m.intervene(everywhere(m, r)):
         direct = refusal_metric(m.last_logits(m.pad(m.encode(HARMFUL).ids)), ids).mean().item()
     assert abs(bypass - direct) < 1e-4 and kl >= 0
     # KL through the cached prefix equals KL from full forwards
@@ -107,12 +110,14 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
     import json
 
     from interp.directions import load_direction
-    from interp.refusal import RefusalConfig, run_refusal
+    from interp.experiments import refusal
+    from interp.report import Result
 
-    cfg = RefusalConfig(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>", "!"), filter_train=False,
-                        kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0, max_new_tokens=4, top_k=2)
-    result = run_refusal(tiny_llama, cfg, tmp_path, harmful=HARMFUL * 2 + ["Explain how to rob a bank"],
+    cfg = refusal.Config(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>", "!"), filter_train=False,
+                         kl_max=1e9, induce_min=-1e9, max_layer_frac=1.0, max_new_tokens=4, top_k=2)
+    result = refusal.run(tiny_llama, cfg, tmp_path, harmful=HARMFUL * 2 + ["Explain how to rob a bank"],
                          harmless=HARMLESS * 2 + ["Explain how to plant a tree"], progress=True)
+    assert isinstance(result, Result) and result.experiment == "refusal"
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["chosen"]["layer"] == result.layer
     # the choice is printed before the (long) evaluation starts
@@ -123,17 +128,86 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
     torch.testing.assert_close(vec, result.direction)
     assert meta["layer"] == result.layer and meta["model"] == "tiny-llama"
     assert (tmp_path / "report.html").read_text().count("plotly") > 3
+    # the keys the report always had, and the filters and pass grid added for the heatmaps
+    assert set(report) >= {"model", "config", "refusal_tokens", "refusal_token_ids", "filter", "filters", "split_sizes",
+                           "post_instruction_tokens", "chosen", "baseline_val", "selection", "evaluation", "examples",
+                           "timing", "summary", "reproduction"}
+    sel = report["selection"]
+    assert set(sel) >= {"bypass", "induce", "kl", "proxy_bypass", "proxy_induce", "proxy_kl", "passes", "mode",
+                        "n_candidates", "n_fully_scored"}
+    assert report["filters"] == {"kl_max": 1e9, "induce_min": -1e9, "max_layer_frac": 1.0}
+    assert sel["passes"][result.layer][result.position] is True
+    assert all((v is None) == (b is None) for row_p, row_b in zip(sel["passes"], sel["bypass"])
+               for v, b in zip(row_p, row_b))
+    assert set(report["timing"]) >= {"split_filter_s", "candidates_s", "scorer_setup_s", "selection_s",
+                                     "evaluation_s", "total_s"}
+    assert [h["split"] for h in report["summary"]][0] == "held-out eval (n=1 harmful)"
+    assert set(result.figures) == {"bypass", "induce", "kl", "refusal_rates"}
+    assert json.loads((tmp_path / "splits.json").read_text())["harmful_eval"] == [report["examples"][
+        "harmful_baseline"][0]["prompt"]]
 
 
 def test_pipeline_bad_input(tiny_llama):
-    from interp.refusal import RefusalConfig, run_refusal
+    from interp.experiments.refusal import Config, RefusalConfig, run
 
-    cfg = RefusalConfig(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>",))
+    assert RefusalConfig is Config
+    cfg = Config(n_train=3, n_val=2, n_eval=1, refusal_tokens=("<|im_end|>",))
     with pytest.raises(InterpError, match="survived"):
-        run_refusal(tiny_llama, cfg, harmful=HARMFUL, harmless=HARMLESS, progress=False)
+        run(tiny_llama, cfg, harmful=HARMFUL, harmless=HARMLESS, progress=False)
     with pytest.raises(InterpError, match="not a single token"):
-        run_refusal(tiny_llama, RefusalConfig(refusal_tokens=("Zebra-crossing",)), harmful=HARMFUL,
-                    harmless=HARMLESS, progress=False)
+        run(tiny_llama, Config(refusal_tokens=("Zebra-crossing",)), harmful=HARMFUL, harmless=HARMLESS,
+            progress=False)
     with pytest.raises(InterpError, match="empty"):
-        run_refusal(tiny_llama, RefusalConfig(refusal_tokens=("<|im_end|>",)), harmful=[], harmless=HARMLESS,
-                    progress=False)
+        run(tiny_llama, Config(refusal_tokens=("<|im_end|>",)), harmful=[], harmless=HARMLESS, progress=False)
+
+
+# ------------------------------------------------------------------ DiffOfMeans as a scikit-learn estimator
+
+def test_diff_of_means_matches_the_definition_and_sklearn_tools():
+    from sklearn.base import clone
+    from sklearn.model_selection import cross_val_score
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, 6))
+    y = np.r_[np.ones(20, dtype=int), np.zeros(20, dtype=int)]
+    X[y == 1, 2] += 3.0
+    est = DiffOfMeans().fit(X, y)
+    np.testing.assert_allclose(est.direction_, X[y == 1].mean(0) - X[y == 0].mean(0))
+    assert est.direction_.dtype == np.float64 and est.positive_ == 1 and est.n_features_in_ == 6
+    # torch input (float32) gives the same float64 means; transform returns numpy projections on r̂
+    t = DiffOfMeans().fit(torch.tensor(X, dtype=torch.float32), torch.tensor(y))
+    np.testing.assert_allclose(t.direction_, est.direction_, atol=1e-5)
+    proj = est.transform(X)
+    assert isinstance(proj, np.ndarray) and proj.shape == (40, 1)
+    np.testing.assert_allclose(proj[:, 0], X @ (est.direction_ / np.linalg.norm(est.direction_)))
+    # string labels: the positive class is named, or the larger label by default
+    labels = np.where(y == 1, "harmful", "harmless")
+    named = DiffOfMeans(positive="harmful").fit(X, labels)
+    np.testing.assert_allclose(named.direction_, est.direction_)
+    np.testing.assert_allclose(DiffOfMeans().fit(X, labels).direction_, -est.direction_)
+    with pytest.raises(InterpError, match="not one of the labels"):
+        DiffOfMeans(positive="toxic").fit(X, labels)
+    with pytest.raises(InterpError, match="two classes"):
+        DiffOfMeans().fit(X, np.zeros(40))
+    # more than two labels: the positive one against the rest
+    three = DiffOfMeans(positive=2).fit(X, np.arange(40) % 3)
+    np.testing.assert_allclose(three.direction_, X[np.arange(40) % 3 == 2].mean(0) - X[np.arange(40) % 3 != 2].mean(0))
+    # scikit-learn's tools
+    c = clone(DiffOfMeans(positive="harmful"))
+    assert c.get_params() == {"positive": "harmful"} and not hasattr(c, "direction_")
+    assert c.set_params(positive=None).positive is None
+    scores = cross_val_score(make_pipeline(DiffOfMeans(), LogisticRegression()), X, y, cv=4)
+    assert scores.mean() > 0.9  # the projection on the class-mean difference separates the classes
+    # a grid of candidates in one fit: [examples, layers, positions, d]
+    G = rng.normal(size=(10, 3, 2, 4))
+    g = DiffOfMeans().fit(G, np.arange(10) % 2)
+    assert g.direction_.shape == (3, 2, 4) and g.transform(G).shape == (10, 6)
+
+
+@parametrize_with_checks([DiffOfMeans(), DiffOfMeans(positive=1)])
+def test_diff_of_means_passes_sklearn_checks(estimator, check):
+    # every check applies: with more than two labels it is the positive label against the rest, so the
+    # generic checks' three-class blobs fit too (check_array_api_input skips itself without SCIPY_ARRAY_API)
+    check(estimator)

@@ -1,344 +1,107 @@
-"""Refusal direction (Arditi et al. 2024): metric, candidates, scoring and selection.
+"""Refusal direction (Arditi et al. 2024): the difference-of-means estimator behind every candidate.
 
-The pieces here need a model only through ``Model.last_logits`` and
-``Model.hooks``; the experiment that walks the whole path (data, filtering,
-evaluation, report) is ``interp.refusal``.
+``DiffOfMeans`` is a scikit-learn transformer on arrays (no model inside):
+``fit(X, y)`` keeps ``direction_`` = mean(X | y = positive) − mean(X | every
+other label), accumulated in float64 and left unnormalized, as the paper
+does. ``X`` may carry extra leading feature axes: [examples, layers,
+positions, d] gives one candidate per layer × position in one fit.
+``transform`` projects onto the unit direction(s).
 
-- ``refusal_metric``: log p(refusal tokens) − log(1 − p(refusal tokens)) at
-  the last prompt position (no generation).
-- ``candidate_directions``: difference of means at every layer × position,
-  accumulated in float64.
-- ``CandidateScorer``: bypass, induce and KL for any candidate, reusing what
-  is shared across candidates (tokenized batches, baseline logits, the cached
-  residual stream below each layer).
-- ``select_direction``: the paper's filters and choice.
+``candidate_directions`` applies it to two ``Activations`` captures (harmful
+and harmless). Scoring the candidates needs the model, so it lives with the
+experiment (``interp.experiments.refusal``).
 
 Example:
-    >>> import torch
-    >>> logits = torch.tensor([[2.0, 0.0, 0.0]])
-    >>> round(refusal_metric(logits, [0]).item(), 3)   # p = e^2 / (e^2 + 2)
-    1.307
+    >>> import numpy as np
+    >>> X = np.array([[2.0, 0.0], [4.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+    >>> est = DiffOfMeans().fit(X, [1, 1, 0, 0])
+    >>> est.direction_.tolist()
+    [3.0, -2.0]
+    >>> est.transform(X[:1]).round(3).tolist()
+    [[1.664]]
 """
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field
-from typing import Sequence
-
+import numpy as np
 import torch
-from tqdm.auto import tqdm
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ..errors import InterpError
-from ..sites import Site
-
-REFUSAL_TOKENS = ("I", "As")
 
 
-def refusal_token_ids(tokenizer, tokens: Sequence[str] = REFUSAL_TOKENS) -> list[int]:
-    """Vocabulary ids of refusal-starting tokens; each must be a single token."""
-    ids = []
-    for t in tokens:
-        enc = tokenizer.encode(t, add_special_tokens=False)
-        if len(enc) != 1:
-            raise InterpError(f"refusal token {t!r} is not a single token in this vocabulary ({enc}); pass "
-                              f"refusal tokens that exist, e.g. the first token of the model's refusals")
-        ids.append(enc[0])
-    return sorted(set(ids))
+def _numpy(X):
+    """torch input as numpy (scikit-learn's validation then checks shape, dtype and values)."""
+    return X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
 
 
-def refusal_metric(logits: torch.Tensor, refusal_ids: Sequence[int]) -> torch.Tensor:
-    """log p(refusal) − log(1 − p(refusal)) per row of next-token logits [batch, vocab]."""
-    logits = logits.double()
-    ref = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-    ref[list(refusal_ids)] = True
-    return torch.logsumexp(logits[:, ref], -1) - torch.logsumexp(logits[:, ~ref], -1)
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
-def kl_last(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
-    """KL(p || q) per row between next-token distributions given as logits."""
-    lp, lq = torch.log_softmax(p_logits.double(), -1), torch.log_softmax(q_logits.double(), -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
+class DiffOfMeans(TransformerMixin, BaseEstimator):
+    """Difference of class means (float64, unnormalized): the refusal-direction candidate.
 
+    With two labels (harmful vs harmless) it is the paper's difference of means; with more, the positive
+    label against all the others.
 
-def mean_activations(acts, name: str = "resid_pre") -> torch.Tensor:
-    """Mean over examples of every layer and position, float64: [layers, positions, d]."""
-    return acts.stack(name).double().mean(1)
+    Parameters:
+        positive: the label whose mean comes first (e.g. ``"harmful"``); default: the largest sorted
+            label (1 of 0/1, True of False).
+
+    Attributes:
+        direction_: ``X.shape[1:]`` array, mean(positive) − mean(the rest), float64.
+        classes_: the labels seen, sorted.
+        positive_: the label used as positive.
+        n_features_in_: ``X.shape[1]`` (scikit-learn's convention; the layers for a grid).
+
+    Example:
+        >>> est = DiffOfMeans(positive="harmful").fit([[1.0], [3.0], [0.0]], ["harmful", "harmful", "harmless"])
+        >>> est.direction_.tolist()
+        [2.0]
+    """
+
+    def __init__(self, positive=None):
+        self.positive = positive
+
+    def fit(self, X, y) -> "DiffOfMeans":
+        X = validate_data(self, _numpy(X), dtype=np.float64, allow_nd=True, ensure_min_samples=1)
+        y = np.asarray(_numpy(y))
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise InterpError(f"y must be one label per example: {X.shape[0]} examples, y of shape {y.shape}")
+        X = _tensor(X)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise InterpError(f"a difference of means needs two classes, got one class: {classes.tolist()}; pass "
+                              f"examples of both (e.g. harmful and harmless)")
+        positive = classes[-1] if self.positive is None else self.positive
+        if positive not in classes.tolist():
+            raise InterpError(f"positive={positive!r} is not one of the labels {classes.tolist()}")
+        is_pos = torch.from_numpy(y == positive)
+        self.direction_ = (X[is_pos].mean(0) - X[~is_pos].mean(0)).numpy()
+        self.classes_, self.positive_ = classes, positive
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Projection of each example on the unit direction(s): [examples, number of directions]."""
+        check_is_fitted(self, "direction_")
+        X = _tensor(validate_data(self, _numpy(X), dtype=np.float64, allow_nd=True, reset=False))
+        d = torch.from_numpy(self.direction_)
+        if tuple(X.shape[1:]) != tuple(d.shape):
+            raise InterpError(f"X has shape {tuple(X.shape)}, the direction was fitted on [examples, "
+                              f"{', '.join(map(str, d.shape))}]")
+        unit = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        return (X * unit).sum(-1).reshape(X.shape[0], -1).numpy()
 
 
 def candidate_directions(harmful_acts, harmless_acts, name: str = "resid_pre") -> torch.Tensor:
-    """Difference of means, [layers, positions, d] (float64, unnormalized)."""
-    a, b = mean_activations(harmful_acts, name), mean_activations(harmless_acts, name)
-    if a.shape != b.shape:
+    """Difference of means of two captures at every layer × position: [layers, positions, d], float64.
+
+    ``harmful_acts`` and ``harmless_acts`` are ``Activations`` captured at the same sites and positions.
+    """
+    a, b = harmful_acts.stack(name), harmless_acts.stack(name)  # [layers, examples, positions, d]
+    if a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
         raise InterpError(f"harmful and harmless captures differ in shape: {tuple(a.shape)} vs {tuple(b.shape)}")
-    return a - b
-
-
-def ablation_hooks(model, direction: torch.Tensor) -> dict:
-    """x ← x − r̂ r̂ᵀ x at every block input, attention output and MLP output."""
-    unit = (direction / direction.norm()).to(model.device, next(model.hf.parameters()).dtype)
-
-    def ablate(x):
-        return x - (x @ unit)[..., None] * unit
-
-    return {Site(n, layer): ablate for layer in range(model.n_layers) for n in ("resid_pre", "attn_out", "mlp_out")}
-
-
-@dataclass
-class Scores:
-    """Validation scores of one candidate (NaN where not computed)."""
-
-    bypass: float = float("nan")
-    induce: float = float("nan")
-    kl: float = float("nan")
-    proxy_bypass: float = float("nan")
-    proxy_induce: float = float("nan")
-    proxy_kl: float = float("nan")
-
-
-@dataclass
-class _PromptSet:
-    """Validation prompts tokenized into padded batches, with what every candidate reuses."""
-
-    harmful: list  # [(batch, rows)], sorted by length to keep padding small; tokens after the shared prefix
-    harmless: list
-    base_harmless: torch.Tensor  # last-position logits on the harmless prompts, in batch order
-    resid: list  # per harmless batch: resid_pre of every layer after the prefix, [batch, seq, d] each
-
-
-class CandidateScorer:
-    """Scores refusal-direction candidates on validation prompts.
-
-    Shared work is done once: the validation prompts are tokenized and padded
-    once, their baseline last-position logits computed once, and the harmless
-    residual stream at every block input cached in the same forward, so the
-    induce score of a layer-l candidate runs only blocks l.. (the blocks below
-    cannot change). The token prefix every prompt shares (the chat template's
-    system prompt and user header: about half the tokens of a Qwen prompt)
-    runs once per candidate, batch 1, and its KV cache serves every batch.
-    A second, smaller set of ``proxy_prompts`` prompts per class (spread over
-    the list) serves the cheap proxy scores of the pruned search.
-    """
-
-    def __init__(self, model, harmful_val: Sequence[str], harmless_val: Sequence[str],
-                 refusal_ids: Sequence[int], batch_size: int = 16, proxy_prompts: int = 8,
-                 progress: bool = True, share_prefix: bool = True):
-        self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
-        every = model.encode(list(harmful_val) + list(harmless_val)).ids
-        self.prefix = _shared_prefix(every) if share_prefix and model.backend == "hf" else []
-        kv = self._prefix_kv()  # unedited, shared by every baseline below
-        self.full = self._prompt_set(harmful_val, harmless_val, batch_size, kv)
-        self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
-                                      batch_size, kv)
-        self.base_harmful_metric = torch.cat([refusal_metric(self._logits(b, kv), self.refusal_ids)
-                                              for b, _ in self.full.harmful])
-        self.base_harmless_metric = refusal_metric(self.full.base_harmless, self.refusal_ids)
-
-    def _batches(self, prompts, batch_size):
-        enc = self.model.encode(prompts)
-        order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
-        n = len(self.prefix)
-        out = []
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
-            batch = self.model.pad([enc.ids[i][n:] for i in rows])
-            if n:  # the suffixes follow the cached prefix: the mask spans both, positions continue from it
-                mask = batch["attention_mask"]
-                batch["attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], 1)
-                batch["position_ids"] = batch["position_ids"] + n
-            out.append((batch, rows))
-        return out
-
-    def _prefix_kv(self):
-        """KV cache of the shared prefix under the hooks attached now (None without a prefix)."""
-        return self.model.prefix_cache(self.prefix) if self.prefix else None
-
-    def _logits(self, batch, kv, **kwargs) -> torch.Tensor:
-        if kv is None:
-            return self.model.last_logits(batch, **kwargs)
-        kv = copy.deepcopy(kv)  # the forward appends to the cache
-        kv.batch_repeat_interleave(batch["input_ids"].shape[0])
-        return self.model.last_logits(batch, cache=kv, **kwargs)
-
-    def _prompt_set(self, harmful, harmless, batch_size, kv) -> _PromptSet:
-        harmless_batches = self._batches(harmless, batch_size)
-        logits, resid = [], []
-        for batch, _ in harmless_batches:
-            lg, cache = self._logits_and_resid(batch, kv)
-            logits.append(lg)
-            resid.append(cache)
-        return _PromptSet(self._batches(harmful, batch_size), harmless_batches, torch.cat(logits), resid)
-
-    def _logits_and_resid(self, batch, kv) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Last-position logits and resid_pre of every layer ([batch, seq, d] each), one forward."""
-        cache: dict[int, torch.Tensor] = {}
-
-        def keep(layer):
-            def fn(x):
-                cache[layer] = x.detach().clone()
-            return fn
-
-        with self.model.hooks({Site("resid_pre", layer): keep(layer) for layer in range(self.model.n_layers)}), \
-                torch.no_grad():
-            logits = self._logits(batch, kv)
-        return logits, [cache[layer] for layer in range(self.model.n_layers)]
-
-    def bypass_and_kl(self, direction: torch.Tensor, proxy: bool = False) -> tuple[float, float]:
-        """Mean refusal metric on harmful prompts and mean KL on harmless ones, r̂ ablated everywhere.
-
-        With ``proxy`` the small proxy set is read instead of the full one.
-        """
-        metrics, kls = self.bypass_and_kl_values(direction, proxy)
-        return metrics.mean().item(), kls.mean().item()
-
-    def bypass_and_kl_values(self, direction: torch.Tensor, proxy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-prompt values behind ``bypass_and_kl`` (in batch order)."""
-        ps = self.proxy if proxy else self.full
-        metrics, kls = [], []
-        with self.model.hooks(ablation_hooks(self.model, direction)), torch.no_grad():
-            kv = self._prefix_kv()
-            for batch, _ in ps.harmful:
-                metrics.append(refusal_metric(self._logits(batch, kv), self.refusal_ids))
-            start = 0
-            for batch, rows in ps.harmless:
-                logits = self._logits(batch, kv)
-                kls.append(kl_last(ps.base_harmless[start:start + len(rows)], logits))
-                start += len(rows)
-        return torch.cat(metrics), torch.cat(kls)
-
-    def induce(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> float:
-        """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
-        return self.induce_values(direction, layer, proxy).mean().item()
-
-    def induce_values(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> torch.Tensor:
-        """Per-prompt values behind ``induce`` (in batch order)."""
-        ps = self.proxy if proxy else self.full
-        r = direction.to(self.model.device, next(self.model.hf.parameters()).dtype)
-        with self.model.hooks({Site("resid_pre", layer): lambda x: x + r}):
-            kv = self._prefix_kv()  # the prefix is steered too
-        metrics = []
-        for (batch, _), resid in zip(ps.harmless, ps.resid):
-            seq = resid[layer].shape[1]
-            steered = resid[layer] + batch["attention_mask"][:, -seq:, None].to(r.dtype) * r
-            logits = self._logits(batch, kv, start_layer=layer, resid=steered)
-            metrics.append(refusal_metric(logits, self.refusal_ids))
-        return torch.cat(metrics)
-
-    def score(self, direction: torch.Tensor, layer: int) -> Scores:
-        bypass, kl = self.bypass_and_kl(direction)
-        return Scores(bypass=bypass, induce=self.induce(direction, layer), kl=kl)
-
-
-def _shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
-    """The longest token prefix of every list that still leaves each at least one token of its own."""
-    n = 0
-    while all(len(x) > n + 1 for x in ids) and len({x[n] for x in ids}) == 1:
-        n += 1
-    return list(ids[0][:n])
-
-
-def _spread(prompts: Sequence[str], n: int) -> list[str]:
-    """``n`` prompts taken at even steps through the list (the proxy set)."""
-    step = max(1, len(prompts) // max(1, n))
-    return list(prompts)[::step][:n]
-
-
-@dataclass
-class Selection:
-    """The outcome of a candidate search."""
-
-    layer: int
-    position: int  # index into the post-instruction positions (negative: from the end)
-    scores: dict = field(default_factory=dict)  # (layer, position) -> Scores
-    n_scored: int = 0
-    mode: str = "pruned"
-
-
-def passes(s: Scores, layer: int, n_layers: int, kl_max: float, induce_min: float, max_layer_frac: float) -> bool:
-    return s.induce > induce_min and s.kl < kl_max and layer < max_layer_frac * n_layers
-
-
-def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: str = "pruned",
-                     kl_max: float = 0.1, induce_min: float = 0.0, max_layer_frac: float = 0.8,
-                     top_k: int = 8) -> Selection:
-    """Pick the candidate with the lowest bypass among those passing the filters.
-
-    ``candidates`` is [layers, positions, d]. ``mode="exhaustive"`` scores
-    every candidate below ``max_layer_frac`` of the depth. ``mode="pruned"``
-    ranks them by the same three scores on the scorer's small proxy set,
-    cheapest first: induce for every candidate (it runs only the blocks
-    above the candidate's layer), then bypass and KL (one ablated forward)
-    for those that plausibly induce. Candidates that plausibly pass both
-    filters (within two standard errors of the proxy means) come first,
-    lowest proxy bypass first; then the rest, nearest misses first. It fully
-    scores ``top_k`` at a time in that order and stops after the first round
-    in which some candidate passes the filters, so a noisy proxy costs time,
-    never a candidate: every one is reachable.
-    """
-    if mode not in ("pruned", "exhaustive"):
-        raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
-    n_layers, n_pos = candidates.shape[:2]
-    # a zero difference (e.g. the embedding of identical template tokens) is no direction
-    pool = [(layer, p) for layer in range(n_layers) if layer < max_layer_frac * n_layers for p in range(n_pos)
-            if candidates[layer, p].norm() > 1e-6]
-    if not pool:
-        raise InterpError(f"no candidate layer is below {max_layer_frac} of {n_layers} layers")
-    scores: dict[tuple[int, int], Scores] = {}
-    if mode == "pruned":
-        order = _proxy_order(scorer, candidates, pool, scores, kl_max, induce_min)
-    else:
-        order = pool
-    best, n_scored = None, 0
-    for start in range(0, len(order), top_k if mode == "pruned" else len(order)):
-        chunk = order[start:start + (top_k if mode == "pruned" else len(order))]
-        for key in tqdm(chunk, desc="full scores", disable=not scorer.progress):
-            full = scorer.score(candidates[key], key[0])
-            proxy = scores.get(key, Scores())
-            full.proxy_bypass, full.proxy_induce, full.proxy_kl = proxy.proxy_bypass, proxy.proxy_induce, proxy.proxy_kl
-            scores[key] = full
-            n_scored += 1
-        ok = [k for k in chunk if passes(scores[k], k[0], n_layers, kl_max, induce_min, max_layer_frac)]
-        if ok:
-            cand = min(ok, key=lambda k: scores[k].bypass)
-            if best is None or scores[cand].bypass < scores[best].bypass:
-                best = cand
-            if mode == "pruned":
-                break
-    if best is None:
-        # name the nearest misses so the user sees which filter to loosen, and by how much
-        full = [k for k, s in scores.items() if not math.isnan(s.kl)]
-        near = sorted(full, key=lambda k: ((scores[k].induce <= induce_min) + (scores[k].kl >= kl_max),
-                                           scores[k].bypass))[:3]
-        misses = "; ".join(f"layer {k[0]} pos {k[1] - n_pos}: bypass {scores[k].bypass:.2f}, induce "
-                           f"{scores[k].induce:.2f}, KL {scores[k].kl:.3f}" for k in near)
-        raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
-                          f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
-                          f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
-    return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
-
-
-def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, scores: dict,
-                 kl_max: float, induce_min: float, z: float = 2.0) -> list:
-    """The pruned search's order (see ``select_direction``); fills the proxy fields of ``scores``.
-
-    A proxy mean over a few prompts is noisy, so a candidate counts as
-    plausibly passing when the filter holds within ``z`` standard errors of
-    that mean; the others follow, those that miss by the fewest standard
-    errors first.
-    """
-    miss: dict = {}  # standard errors by which a candidate misses a filter on the proxy (<= 0: plausible)
-    for key in tqdm(pool, desc="proxy induce", disable=not scorer.progress):
-        values = scorer.induce_values(candidates[key], key[0], proxy=True)
-        scores[key] = Scores(proxy_induce=values.mean().item())
-        miss[key] = (induce_min - values.mean().item()) / _stderr(values) - z
-    inducing = [k for k in pool if miss[k] <= 0]
-    for key in tqdm(inducing, desc="proxy bypass+KL", disable=not scorer.progress):
-        metrics, kls = scorer.bypass_and_kl_values(candidates[key], proxy=True)
-        scores[key].proxy_bypass, scores[key].proxy_kl = metrics.mean().item(), kls.mean().item()
-        miss[key] = max(miss[key], (kls.mean().item() - kl_max) / _stderr(kls) - z)
-    front = sorted((k for k in inducing if miss[k] <= 0), key=lambda k: scores[k].proxy_bypass)
-    return front + sorted((k for k in pool if miss[k] > 0), key=lambda k: miss[k])
-
-
-def _stderr(values: torch.Tensor) -> float:
-    return max(values.std().item() / math.sqrt(len(values)), 1e-6) if len(values) > 1 else 1e-6
+    X = torch.cat([a, b], 1).transpose(0, 1)  # [examples, layers, positions, d]
+    y = np.r_[np.ones(a.shape[1], dtype=int), np.zeros(b.shape[1], dtype=int)]
+    return torch.from_numpy(DiffOfMeans(positive=1).fit(X, y).direction_)

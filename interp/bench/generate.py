@@ -34,8 +34,8 @@ def bench_generate(model_name: str, batch: int = 8, new_tokens: int = 32, reps: 
             model.hf.generate(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"], **kwargs)
 
     def ablated():
-        with model.intervene(everywhere(model, direction)):
-            model._intervention_state["prompt_width"] = padded["input_ids"].shape[1]
+        with model.intervene(everywhere(model, direction)) as state:
+            state["prompt_width"] = padded["input_ids"].shape[1]  # where the prompt ends, as generate() says it
             plain()
 
     n_tokens = batch * new_tokens
@@ -64,7 +64,7 @@ def _tl(model, padded, direction, kwargs, reps: int) -> float:
              for n in ("hook_resid_pre", "hook_attn_out", "hook_mlp_out")]
 
     def run():
-        with torch.no_grad(), tl.bridge.hooks(fwd_hooks=[(n, ablate) for n in names]):
+        with torch.no_grad(), tl.bridge.hooks(fwd_hooks=[(n, ablate) for n in names]):  # noqa: raw-hook (the peer)
             tl.bridge.generate(padded["input_ids"], max_new_tokens=kwargs["max_new_tokens"], do_sample=False,
                                verbose=False, stop_at_eos=False)
 

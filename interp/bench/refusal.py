@@ -3,7 +3,8 @@
 One process, one split: the baseline filter, candidate capture and scorer
 set-up are shared; then the pruned search and the exhaustive search each run
 on the same candidates, and the script reports each stage's time and share
-and whether both pick the same candidate.
+and whether both pick the same candidate. The stages are the refusal
+experiment's own (``interp.experiments.refusal``), called one by one.
 """
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ import time
 
 def bench_refusal(model_name: str, n_train: int = 64, n_val: int = 28, kl_max: float = 0.1, top_k: int = 8,
                   seed: int = 0, induce_min: float = 0.0, progress: bool = True) -> dict:
+    from ..analyzers.refusal import candidate_directions
     from ..data import prompts as datasets
-    from ..analyzers.refusal import CandidateScorer, candidate_directions, refusal_token_ids, select_direction
+    from ..experiments.refusal import CandidateScorer, Config, refusal_token_ids, select_direction, split_prompts
     from ..loading import load_model
-    from ..refusal import RefusalConfig, split_prompts
 
     model = load_model(model_name, progress=progress)
-    cfg = RefusalConfig(n_train=n_train, n_val=n_val, kl_max=kl_max, induce_min=induce_min, top_k=top_k, seed=seed)
+    cfg = Config(n_train=n_train, n_val=n_val, kl_max=kl_max, induce_min=induce_min, top_k=top_k, seed=seed)
     ids = refusal_token_ids(model.tokenizer, cfg.refusal_tokens)
     t = {"start": time.time()}
     splits, counts = split_prompts(model, datasets.harmful_instructions(), datasets.harmless_instructions(), cfg,

@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
                        description="Interactive chat (greedy). With --direction, every reply is generated under "
                        "the intervention; change it between turns with /alpha, /layer, /mode, /on, /off.\n\n" + HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    p.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     p.add_argument("--direction", help="direction.safetensors (e.g. from interp refusal)")
     p.add_argument("--mode", choices=["ablate", "add"], default="ablate",
                    help="ablate: remove the direction everywhere; add: add alpha·r at one layer (default ablate)")
@@ -82,13 +82,34 @@ class Steering:
         return self.status()
 
 
+def check_args(args) -> None:
+    """Reject bad arguments before the model loads."""
+    import math
+    from pathlib import Path
+
+    from ..errors import InterpError
+
+    if args.direction and not Path(args.direction).is_file():
+        raise InterpError(f"--direction {args.direction} does not exist")
+    if args.layer is not None and args.layer < 0:
+        raise InterpError(f"--layer must be a layer index (0 or more), got {args.layer}")
+    if not math.isfinite(args.alpha):
+        raise InterpError(f"--alpha must be a finite number, got {args.alpha}")
+    if args.max_new_tokens < 1:
+        raise InterpError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+
+
 def run(args) -> int:
     from ..directions import load_direction
+    from ..errors import InterpError
     from ..loading import load_model
 
+    check_args(args)
     model = load_model(args.model)
     direction, meta = (load_direction(args.direction, model) if args.direction else (None, {}))
     layer = args.layer if args.layer is not None else meta.get("layer")
+    if layer is not None and not 0 <= int(layer) < model.n_layers:
+        raise InterpError(f"--layer must be in 0..{model.n_layers - 1} for {model.name}, got {layer}")
     steer = Steering(model, direction, args.mode, args.alpha, layer)
     print(f"{model.name} — {steer.status()}. Type /help for commands, /quit to leave.", flush=True)
     history: list[dict] = []
@@ -117,5 +138,4 @@ def _reply(model, history: list[dict], steer: Steering, max_new_tokens: int) -> 
 
     text = model.tokenizer.apply_chat_template(history, tokenize=False, add_generation_prompt=True)
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
-    with model.intervene(steer.interventions()):
-        return generate_from_ids(model, [ids], max_new_tokens)[0].strip()
+    return generate_from_ids(model, [ids], max_new_tokens, interventions=steer.interventions())[0].strip()

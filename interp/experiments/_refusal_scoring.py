@@ -1,0 +1,307 @@
+"""Scoring refusal-direction candidates on validation prompts, and the paper's selection rule.
+
+Private to ``interp.experiments.refusal``: this part runs the model, so it is
+not an analyzer. Every edit of an activation is an ``Intervention`` applied
+through ``model.intervene`` (``everywhere`` for directional ablation, ``Add``
+for activation addition); the residual stream is read with
+``interp.capture.recording``; the refusal metric and KL come from
+``interp.evaluation``.
+
+- ``CandidateScorer``: bypass, induce and KL for any candidate, reusing what
+  is shared across candidates (tokenized batches, baseline logits, the cached
+  residual stream below each layer, the KV cache of the shared prompt prefix).
+- ``select_direction``: the paper's filters and choice (pruned or exhaustive).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from ..capture import recording
+from ..errors import InterpError
+from ..evaluation import kl_div, refusal_metric
+from ..interventions import Add, Context, everywhere
+
+#: First tokens of typical refusals, read by the refusal metric (Qwen's refusals begin "I'm sorry" / "As an AI").
+REFUSAL_TOKENS = ("I", "As")
+
+
+def refusal_token_ids(tokenizer, tokens: Sequence[str] = REFUSAL_TOKENS) -> list[int]:
+    """Vocabulary ids of refusal-starting tokens; each must be a single token."""
+    ids = []
+    for t in tokens:
+        enc = tokenizer.encode(t, add_special_tokens=False)
+        if len(enc) != 1:
+            raise InterpError(f"refusal token {t!r} is not a single token in this vocabulary ({enc}); pass "
+                              f"refusal tokens that exist, e.g. the first token of the model's refusals")
+        ids.append(enc[0])
+    return sorted(set(ids))
+
+
+@dataclass
+class Scores:
+    """Validation scores of one candidate (NaN where not computed)."""
+
+    bypass: float = float("nan")
+    induce: float = float("nan")
+    kl: float = float("nan")
+    proxy_bypass: float = float("nan")
+    proxy_induce: float = float("nan")
+    proxy_kl: float = float("nan")
+
+
+@dataclass
+class _PromptSet:
+    """Validation prompts tokenized into padded batches, with what every candidate reuses."""
+
+    harmful: list  # [(batch, rows)], sorted by length to keep padding small; tokens after the shared prefix
+    harmless: list
+    base_harmless: torch.Tensor  # last-position logits on the harmless prompts, in batch order
+    resid: list  # per harmless batch: resid_pre of every layer after the prefix, [batch, seq, d] each
+
+
+class CandidateScorer:
+    """Scores refusal-direction candidates on validation prompts.
+
+    Shared work is done once: the validation prompts are tokenized and padded
+    once, their baseline last-position logits computed once, and the harmless
+    residual stream at every block input cached in the same forward, so the
+    induce score of a layer-l candidate runs only blocks l.. (the blocks below
+    cannot change). The token prefix every prompt shares (the chat template's
+    system prompt and user header: about half the tokens of a Qwen prompt)
+    runs once per candidate, batch 1, and its KV cache serves every batch.
+    A second, smaller set of ``proxy_prompts`` prompts per class (spread over
+    the list) serves the cheap proxy scores of the pruned search.
+    """
+
+    def __init__(self, model, harmful_val: Sequence[str], harmless_val: Sequence[str],
+                 refusal_ids: Sequence[int], batch_size: int = 16, proxy_prompts: int = 8,
+                 progress: bool = True, share_prefix: bool = True):
+        self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
+        every = model.encode(list(harmful_val) + list(harmless_val)).ids
+        self.prefix = _shared_prefix(every) if share_prefix and model.backend == "hf" else []
+        kv = self._prefix_kv()  # unedited, shared by every baseline below
+        self.full = self._prompt_set(harmful_val, harmless_val, batch_size, kv)
+        self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
+                                      batch_size, kv)
+        self.base_harmful_metric = torch.cat([refusal_metric(self._logits(b, kv), self.refusal_ids)
+                                              for b, _ in self.full.harmful])
+        self.base_harmless_metric = refusal_metric(self.full.base_harmless, self.refusal_ids)
+
+    def _batches(self, prompts, batch_size):
+        enc = self.model.encode(prompts)
+        order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
+        n = len(self.prefix)
+        out = []
+        for s in range(0, len(order), batch_size):
+            rows = order[s:s + batch_size]
+            batch = self.model.pad([enc.ids[i][n:] for i in rows])
+            if n:  # the suffixes follow the cached prefix: the mask spans both, positions continue from it
+                mask = batch["attention_mask"]
+                batch["attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], 1)
+                batch["position_ids"] = batch["position_ids"] + n
+            out.append((batch, rows))
+        return out
+
+    def _prefix_kv(self):
+        """KV cache of the shared prefix under the interventions attached now (None without a prefix)."""
+        return self.model.prefix_cache(self.prefix) if self.prefix else None
+
+    def _logits(self, batch, kv, **kwargs) -> torch.Tensor:
+        if kv is None:
+            return self.model.last_logits(batch, **kwargs)
+        kv = copy.deepcopy(kv)  # the forward appends to the cache
+        kv.batch_repeat_interleave(batch["input_ids"].shape[0])
+        return self.model.last_logits(batch, cache=kv, **kwargs)
+
+    def _prompt_set(self, harmful, harmless, batch_size, kv) -> _PromptSet:
+        harmless_batches = self._batches(harmless, batch_size)
+        logits, resid = [], []
+        for batch, _ in harmless_batches:
+            lg, cache = self._logits_and_resid(batch, kv)
+            logits.append(lg)
+            resid.append(cache)
+        return _PromptSet(self._batches(harmful, batch_size), harmless_batches, torch.cat(logits), resid)
+
+    def _logits_and_resid(self, batch, kv) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Last-position logits and resid_pre of every layer ([batch, seq, d] each), one forward."""
+        sites = [f"resid_pre.{layer}" for layer in range(self.model.n_layers)]
+        with recording(self.model, sites) as rec, torch.no_grad():
+            logits = self._logits(batch, kv)
+        return logits, [rec[site] for site in sites]
+
+    def bypass_and_kl(self, direction: torch.Tensor, proxy: bool = False) -> tuple[float, float]:
+        """Mean refusal metric on harmful prompts and mean KL on harmless ones, r̂ ablated everywhere.
+
+        With ``proxy`` the small proxy set is read instead of the full one.
+        """
+        metrics, kls = self.bypass_and_kl_values(direction, proxy)
+        return metrics.mean().item(), kls.mean().item()
+
+    def bypass_and_kl_values(self, direction: torch.Tensor, proxy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-prompt values behind ``bypass_and_kl`` (in batch order)."""
+        ps = self.proxy if proxy else self.full
+        metrics, kls = [], []
+        with self.model.intervene(everywhere(self.model, direction)), torch.no_grad():
+            kv = self._prefix_kv()
+            for batch, _ in ps.harmful:
+                metrics.append(refusal_metric(self._logits(batch, kv), self.refusal_ids))
+            start = 0
+            for batch, rows in ps.harmless:
+                logits = self._logits(batch, kv)
+                kls.append(kl_div(ps.base_harmless[start:start + len(rows)], logits))
+                start += len(rows)
+        return torch.cat(metrics), torch.cat(kls)
+
+    def induce(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> float:
+        """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
+        return self.induce_values(direction, layer, proxy).mean().item()
+
+    def induce_values(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> torch.Tensor:
+        """Per-prompt values behind ``induce`` (in batch order)."""
+        ps = self.proxy if proxy else self.full
+        add = Add(direction)
+        with self.model.intervene({f"resid_pre.{layer}": add}):
+            kv = self._prefix_kv()  # the prefix is steered too
+        metrics = []
+        for (batch, _), resid in zip(ps.harmless, ps.resid):
+            # the same edit on the cached block input; only blocks layer.. run on it
+            steered = add.apply(resid[layer], _suffix_context(batch, resid[layer].shape[1]))
+            logits = self._logits(batch, kv, start_layer=layer, resid=steered)
+            metrics.append(refusal_metric(logits, self.refusal_ids))
+        return torch.cat(metrics)
+
+    def score(self, direction: torch.Tensor, layer: int) -> Scores:
+        bypass, kl = self.bypass_and_kl(direction)
+        return Scores(bypass=bypass, induce=self.induce(direction, layer), kl=kl)
+
+
+def _suffix_context(batch: dict, seq: int) -> Context:
+    """Where the last ``seq`` columns of a padded batch sit (they follow any cached prefix): for applying an
+    intervention to a cached activation by hand."""
+    mask = batch["attention_mask"]
+    valid = mask[:, -seq:].bool()
+    index = (mask.cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+    lengths = mask.sum(-1)
+    return Context(token_index=index, valid=valid, is_prompt=torch.ones(seq, dtype=torch.bool, device=mask.device),
+                   prompt_lengths=lengths)
+
+
+def _shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
+    """The longest token prefix of every list that still leaves each at least one token of its own."""
+    n = 0
+    while all(len(x) > n + 1 for x in ids) and len({x[n] for x in ids}) == 1:
+        n += 1
+    return list(ids[0][:n])
+
+
+def _spread(prompts: Sequence[str], n: int) -> list[str]:
+    """``n`` prompts taken at even steps through the list (the proxy set)."""
+    step = max(1, len(prompts) // max(1, n))
+    return list(prompts)[::step][:n]
+
+
+@dataclass
+class Selection:
+    """The outcome of a candidate search."""
+
+    layer: int
+    position: int  # index into the post-instruction positions (negative: from the end)
+    scores: dict = field(default_factory=dict)  # (layer, position) -> Scores
+    n_scored: int = 0
+    mode: str = "pruned"
+
+
+def passes(s: Scores, layer: int, n_layers: int, kl_max: float, induce_min: float, max_layer_frac: float) -> bool:
+    return s.induce > induce_min and s.kl < kl_max and layer < max_layer_frac * n_layers
+
+
+def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: str = "pruned",
+                     kl_max: float = 0.1, induce_min: float = 0.0, max_layer_frac: float = 0.8,
+                     top_k: int = 8) -> Selection:
+    """Pick the candidate with the lowest bypass among those passing the filters.
+
+    ``candidates`` is [layers, positions, d]. ``mode="exhaustive"`` scores
+    every candidate below ``max_layer_frac`` of the depth. ``mode="pruned"``
+    ranks them by the same three scores on the scorer's small proxy set,
+    cheapest first: induce for every candidate (it runs only the blocks
+    above the candidate's layer), then bypass and KL (one ablated forward)
+    for those that plausibly induce. Candidates that plausibly pass both
+    filters (within two standard errors of the proxy means) come first,
+    lowest proxy bypass first; then the rest, nearest misses first. It fully
+    scores ``top_k`` at a time in that order and stops after the first round
+    in which some candidate passes the filters, so a noisy proxy costs time,
+    never a candidate: every one is reachable.
+    """
+    if mode not in ("pruned", "exhaustive"):
+        raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
+    n_layers, n_pos = candidates.shape[:2]
+    # a zero difference (e.g. the embedding of identical template tokens) is no direction
+    pool = [(layer, p) for layer in range(n_layers) if layer < max_layer_frac * n_layers for p in range(n_pos)
+            if candidates[layer, p].norm() > 1e-6]
+    if not pool:
+        raise InterpError(f"no candidate layer is below {max_layer_frac} of {n_layers} layers")
+    scores: dict[tuple[int, int], Scores] = {}
+    if mode == "pruned":
+        order = _proxy_order(scorer, candidates, pool, scores, kl_max, induce_min)
+    else:
+        order = pool
+    best, n_scored = None, 0
+    for start in range(0, len(order), top_k if mode == "pruned" else len(order)):
+        chunk = order[start:start + (top_k if mode == "pruned" else len(order))]
+        for key in tqdm(chunk, desc="full scores", disable=not scorer.progress):
+            full = scorer.score(candidates[key], key[0])
+            proxy = scores.get(key, Scores())
+            full.proxy_bypass, full.proxy_induce, full.proxy_kl = proxy.proxy_bypass, proxy.proxy_induce, proxy.proxy_kl
+            scores[key] = full
+            n_scored += 1
+        ok = [k for k in chunk if passes(scores[k], k[0], n_layers, kl_max, induce_min, max_layer_frac)]
+        if ok:
+            cand = min(ok, key=lambda k: scores[k].bypass)
+            if best is None or scores[cand].bypass < scores[best].bypass:
+                best = cand
+            if mode == "pruned":
+                break
+    if best is None:
+        # name the nearest misses so the user sees which filter to loosen, and by how much
+        full = [k for k, s in scores.items() if not math.isnan(s.kl)]
+        near = sorted(full, key=lambda k: ((scores[k].induce <= induce_min) + (scores[k].kl >= kl_max),
+                                           scores[k].bypass))[:3]
+        misses = "; ".join(f"layer {k[0]} pos {k[1] - n_pos}: bypass {scores[k].bypass:.2f}, induce "
+                           f"{scores[k].induce:.2f}, KL {scores[k].kl:.3f}" for k in near)
+        raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
+                          f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
+                          f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
+    return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
+
+
+def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, scores: dict,
+                 kl_max: float, induce_min: float, z: float = 2.0) -> list:
+    """The pruned search's order (see ``select_direction``); fills the proxy fields of ``scores``.
+
+    A proxy mean over a few prompts is noisy, so a candidate counts as
+    plausibly passing when the filter holds within ``z`` standard errors of
+    that mean; the others follow, those that miss by the fewest standard
+    errors first.
+    """
+    miss: dict = {}  # standard errors by which a candidate misses a filter on the proxy (<= 0: plausible)
+    for key in tqdm(pool, desc="proxy induce", disable=not scorer.progress):
+        values = scorer.induce_values(candidates[key], key[0], proxy=True)
+        scores[key] = Scores(proxy_induce=values.mean().item())
+        miss[key] = (induce_min - values.mean().item()) / _stderr(values) - z
+    inducing = [k for k in pool if miss[k] <= 0]
+    for key in tqdm(inducing, desc="proxy bypass+KL", disable=not scorer.progress):
+        metrics, kls = scorer.bypass_and_kl_values(candidates[key], proxy=True)
+        scores[key].proxy_bypass, scores[key].proxy_kl = metrics.mean().item(), kls.mean().item()
+        miss[key] = max(miss[key], (kls.mean().item() - kl_max) / _stderr(kls) - z)
+    front = sorted((k for k in inducing if miss[k] <= 0), key=lambda k: scores[k].proxy_bypass)
+    return front + sorted((k for k in pool if miss[k] > 0), key=lambda k: miss[k])
+
+
+def _stderr(values: torch.Tensor) -> float:
+    return max(values.std().item() / math.sqrt(len(values)), 1e-6) if len(values) > 1 else 1e-6
