@@ -1,4 +1,4 @@
-"""EffectiveRank and the active-subspace SAE initialization."""
+"""EffectiveRank (a scikit-learn estimator), the rank experiment and ``interp rank``."""
 import pytest
 import torch
 
@@ -62,7 +62,7 @@ def test_rank_cli_on_smollm(tmp_path):
 
     from interp.cli import main
 
-    assert main(["rank", "smollm2-135m-instruct", "--out", str(tmp_path), "--layers", "2,5", "--passages", "24",
+    assert main(["rank", "smollm2-135m-instruct", "--out", str(tmp_path), "--layers", "2", "5", "--passages", "24",
                  "--max-tokens", "64", "--bootstrap", "5"]) == 0
     r = json.loads((tmp_path / "report.json").read_text())
     assert r["layers"] == [2, 5] and set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
@@ -116,3 +116,55 @@ def _rank_estimators():
 @_rank_estimators()
 def test_sklearn_check_estimator(estimator, check):
     check(estimator)
+
+
+# ------------------------------------------------------------------ experiment and command
+
+_TEXTS = [f"Passage {i}: the river ran past the mill while {i % 5} boats drifted by the sunny hills." for i in range(24)]
+
+
+def test_rank_experiment_on_tiny_model(tmp_path, tiny_llama, monkeypatch):
+    import json
+
+    from interp.experiments import rank
+
+    monkeypatch.setattr(rank, "passages_for", lambda tok, n, max_tokens: _TEXTS[:n])
+    cfg = rank.Config(layers=[0, 1], passages=24, max_tokens=32, bootstrap=3, progress=False)
+    result = rank.run(tiny_llama, cfg, out=tmp_path)
+    r = json.loads((tmp_path / "report.json").read_text())
+    for key in ("threshold", "positions", "n_passages", "max_tokens", "n_tokens", "layers", "relative_k99", "k99",
+                "ci", "seconds", "summary", "reproduction"):
+        assert key in r
+    assert r["layers"] == [0, 1] and set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
+    # the same numbers as the estimator run by hand on the store the experiment kept
+    from interp.analyzers.rank import fit_store_sites
+    from interp.store import ActivationStore
+
+    fits = fit_store_sites(ActivationStore(tmp_path / "store"), n_bootstrap=3)
+    assert r["k99"]["mlp_out"] == [fits["mlp_out.0"].k_, fits["mlp_out.1"].k_]
+    assert {"k99_per_layer", "spectra"} <= set(result.figures)
+    names = [h["name"] for h in r["summary"]]
+    assert any(n.startswith("attn_out") for n in names) and any("mlp_out − attn_out" in n for n in names)
+    assert all(h["split"].startswith("corpus passages") for h in r["summary"])
+    # without out nothing is written and the temporary store is gone
+    assert rank.run(tiny_llama, cfg).report["k99"] == r["k99"]
+
+
+def test_rank_command_validates_before_loading(tmp_path, monkeypatch):
+    import interp.loading
+    from interp.cli import main
+    from interp.commands.rank import parse_layer_list
+
+    def boom(*a, **k):
+        raise AssertionError("loaded a model or the corpus before validating")
+
+    monkeypatch.setattr(interp.loading, "load_model", boom)
+    monkeypatch.setattr("interp.data.corpus.text_corpus", boom)
+    assert main(["rank", "smollm2-135m-instruct", "--layers", "2", "99", "--out", str(tmp_path)]) == 2
+    assert main(["rank", "smollm2-135m-instruct", "--layers", "two", "--out", str(tmp_path)]) == 2
+    assert main(["rank", "smollm2-135m-instruct", "--sites", "attn_out", "mlp_outt", "--out", str(tmp_path)]) == 2
+    assert main(["rank", "smollm2-135m-instruct", "--positions", "1::x", "--out", str(tmp_path)]) == 2
+    assert not (tmp_path / "report.json").exists()
+    # lists are space-separated; the older comma form still parses the same
+    assert parse_layer_list(["2", "5"], 30) == parse_layer_list(["2,5"], 30) == [2, 5]
+    assert parse_layer_list(["all"], 30) is None

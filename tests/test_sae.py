@@ -177,3 +177,99 @@ def test_sae_compare_cli_on_smollm(tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 10_000
     sae = SAE.load_from_disk(tmp_path / "active" / "sae")
     assert sae.cfg.d_sae == 1152 and sae.cfg.d_in == 576
+
+
+# ------------------------------------------------------------------ experiment, command and benchmark
+
+_PROSE = [f"Passage {i}: the river ran past the old mill, and the miller sang about the sea and the hills while "
+          f"{i % 7} boats drifted by." for i in range(80)]
+
+
+def _fake_corpus(tok, n, max_tokens, offset=0):
+    return _PROSE[offset:offset + n]
+
+
+def _tiny_config(**kw):
+    from interp.experiments import sae
+
+    base = dict(site="attn_out", layer=1, d_sae=64, k=4, tokens=64 * 6, batch_size=64, passages=40,
+                eval_passages=8, lm_passages=2, max_tokens=32, dead_window=256, checkpoint_every=64 * 3,
+                init_tokens=256, lr=1e-3, log_every_steps=2, progress=False)
+    base.update(kw)
+    return sae.Config(**base)
+
+
+def test_sae_experiment_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
+    import json
+
+    from interp.experiments import sae
+
+    monkeypatch.setattr(sae, "passages_for", _fake_corpus)
+    result = sae.run(tiny_llama, _tiny_config(), out=tmp_path)
+    r = json.loads((tmp_path / "report.json").read_text())
+    # the keys report.json has always had
+    for key in ("model", "site", "kind", "d_sae", "train_tokens", "train_tokens_in_store", "dead_definition",
+                "dead_fraction", "explained_variance", "l0", "dead_fraction_train", "dead_window_tokens_train",
+                "lm_loss", "d_active", "active_init_seconds", "tokens_per_second"):
+        assert key in r, key
+    assert list(r["dead_fraction"]) == ["active", "random"] and r["site"] == "attn_out.1"
+    for init in ("active", "random"):
+        run = json.loads((tmp_path / init / "result.json").read_text())
+        assert run["eval"]["dead_fraction"] == r["dead_fraction"][init] and run["history"]
+        assert (tmp_path / init / "sae" / "cfg.json").exists()
+    splits = {h["name"]: h["split"] for h in r["summary"]}
+    assert splits["dead fraction, active init"].startswith("held-out")
+    assert splits["dead fraction in training, random init"].startswith("training")
+    assert "explained variance, active − random" in splits
+    assert set(result.figures) == {"dead_fraction", "explained_variance", "l0"}
+    # a rerun resumes from the finished checkpoints and gives the same numbers
+    again = sae.run(tiny_llama, _tiny_config(inits=("active",)), out=tmp_path)
+    assert again.report["dead_fraction"] == {"active": r["dead_fraction"]["active"]}
+
+
+def test_sae_lm_loss_goes_through_interventions(tiny_llama, tmp_path):
+    """The spliced loss equals text_ce under Splice(sae); the zero-ablated one text_ce under Zero()."""
+    from sae_lens import SAE
+
+    from interp.evaluation import text_ce
+    from interp.interventions import Splice, Zero
+    from interp.sae_training import spliced_lm_loss, train_sae
+
+    texts = ["The miller sang about the sea.", "Boats drifted by the hills today."]
+    store = tiny_llama.capture_to_store(_PROSE[:30], tmp_path / "s", "attn_out.0", "1:", chat=False, progress=False)
+    train_sae(store, "attn_out.0", tmp_path / "run", _cfg(), progress=False)
+    sae = SAE.load_from_disk(tmp_path / "run" / "sae")
+    r = spliced_lm_loss(tiny_llama, sae, "attn_out.0", texts)
+    assert r["spliced"] == text_ce(tiny_llama, texts, {"attn_out.0": Splice(sae)})
+    assert r["zero_ablated"] == text_ce(tiny_llama, texts, {"attn_out.0": Zero()})
+    assert r["n_tokens"] == sum(len(i) - 1 for i in tiny_llama.encode(texts, chat=False).ids)
+
+
+def test_sae_command_validates_before_loading(tmp_path, monkeypatch):
+    import interp.loading
+    from interp.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("loaded a model or the corpus before validating")
+
+    monkeypatch.setattr(interp.loading, "load_model", boom)
+    monkeypatch.setattr("interp.data.corpus.text_corpus", boom)
+    for sub in ("train", "compare", "bench"):
+        assert main(["sae", sub, "smollm2-135m-instruct", "--layer", "99", "--out", str(tmp_path)]) == 2
+    assert main(["sae", "train", "smollm2-135m-instruct", "--layer", "1", "--site", "attn", "--out",
+                 str(tmp_path)]) == 2
+    assert main(["sae", "train", "smollm2-135m-instruct", "--layer", "1", "--lm-passages", "80", "--out",
+                 str(tmp_path)]) == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_sae_bench_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
+    import json
+
+    from interp.bench.sae import bench_sae
+    from interp.experiments import sae
+
+    monkeypatch.setattr(sae, "passages_for", _fake_corpus)
+    r = bench_sae(tiny_llama, _tiny_config(), out=tmp_path)
+    assert r["interp_tokens_per_s"] > 0 and r["saelens_fit_tokens_per_s"] > 0 and r["active_init_d_active"] >= 1
+    assert json.loads((tmp_path / "bench.json").read_text())["tokens"] == 64 * 6
