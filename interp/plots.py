@@ -219,3 +219,99 @@ def sae_training_curves(histories: Mapping[str, Sequence[Mapping]]) -> dict[str,
         fig.update_layout(title=title, xaxis_title="training tokens", yaxis_title=metric, template="plotly_white")
         figs[metric] = fig
     return figs
+
+
+# --- numeric ---
+
+def numeric_r2(report: Mapping) -> go.Figure:
+    """Entity-held-out R² per layer: PLS and each baseline (the numeric experiment's report).
+
+    Example:
+        >>> r = {"layers": [0, 1], "pls_r2": [0.1, 0.8], "baselines": {"ridge": [0.0, 0.7]}, "target": "year",
+        ...      "n_entities": 40}
+        >>> [t.name for t in numeric_r2(r).data]
+        ['PLS', 'ridge']
+    """
+    fig = go.Figure()
+    for name, ys in [("PLS", report["pls_r2"])] + list(report["baselines"].items()):
+        fig.add_trace(go.Scatter(x=list(report["layers"]), y=list(ys), mode="lines+markers", name=name))
+    fig.update_layout(title=f"Entity-held-out R² of {report['target']} ({report['n_entities']} entities)",
+                      xaxis_title="layer", yaxis_title="R²", template="plotly_white")
+    return fig
+
+
+def numeric_flips(flip: Mapping) -> go.Figure:
+    """Flip rate against α per flip layer: the PLS direction (solid) beside random directions (dotted).
+
+    Example:
+        >>> f = {"layers": [3], "alphas": [0.5, 1.0], "flip_rate_pls": [[0.1, 0.4]], "flip_rate_random": [[0.0, 0.1]],
+        ...      "n_pairs": 16, "baseline_accuracy": 0.75}
+        >>> len(numeric_flips(f).data)
+        2
+    """
+    fig = go.Figure()
+    for li, layer in enumerate(flip["layers"]):
+        fig.add_trace(go.Scatter(x=list(flip["alphas"]), y=list(flip["flip_rate_pls"][li]), mode="lines+markers",
+                                 name=f"PLS, layer {layer}"))
+        fig.add_trace(go.Scatter(x=list(flip["alphas"]), y=list(flip["flip_rate_random"][li]), mode="lines+markers",
+                                 line={"dash": "dot"}, name=f"random, layer {layer}"))
+    fig.update_layout(title=f"Answer flips ({flip['n_pairs']} prompts, baseline accuracy "
+                      f"{flip['baseline_accuracy']:.2f})", xaxis_title="α (× mean residual norm)",
+                      yaxis_title="flip rate", template="plotly_white")
+    return fig
+
+
+def numeric_plane(projection: Mapping, target: str = "value", layer: int | None = None) -> go.Figure:
+    """Entities in the first two PLS components, coloured by their value (``projection``: entities, values, xy).
+
+    Example:
+        >>> p = {"entities": ["a", "b"], "values": [1.0, 2.0], "xy": [[0.0, 1.0], [1.0, 0.0]]}
+        >>> list(numeric_plane(p, "year", 4).data[0].x)
+        [0.0, 1.0]
+    """
+    xy = [list(p) for p in projection["xy"]]
+    ys = [p[1] if len(p) > 1 else 0.0 for p in xy]
+    marker = {"color": list(projection["values"]), "colorscale": "Viridis", "showscale": True,
+              "colorbar": {"title": target}}
+    fig = go.Figure(go.Scatter(x=[p[0] for p in xy], y=ys, mode="markers", text=list(projection["entities"]),
+                               marker=marker))
+    where = f", layer {layer}" if layer is not None else ""
+    fig.update_layout(title=f"Entities in the first two PLS components{where}", xaxis_title="PLS 1",
+                      yaxis_title="PLS 2", template="plotly_white")
+    return fig
+
+
+# --- binding ---
+
+def binding_accuracy(report: Mapping) -> go.Figure:
+    """Held-out accuracy per layer of each pairwise probe kind, beside the majority-class baseline.
+
+    ``report`` is the binding experiment's report (``layers``, ``accuracy``, ``majority_baseline``,
+    ``class_balance``, ``task``).
+    """
+    xs = list(report["layers"])
+    fig = go.Figure()
+    for kind, ys in report["accuracy"].items():
+        fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=kind))
+    fig.add_trace(go.Scatter(x=xs, y=[report["majority_baseline"]] * len(xs), mode="lines", name="majority class",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(title=f"IsSameObject probes ({report['task']}), held-out texts; class balance "
+                      f"{report['class_balance']:.2f}", xaxis_title="layer", yaxis_title="test accuracy",
+                      template="plotly_white")
+    return fig
+
+
+def binding_rank_sweep(sweep: Mapping) -> go.Figure:
+    """Held-out accuracy of the low-rank probe against its rank r, with the full probe and full − 2 points.
+
+    ``sweep`` is ``report["rank_sweep"]`` (``layer``, ``full``, ``accuracy`` keyed by rank).
+    """
+    ranks = [int(r) for r in sweep["accuracy"]]
+    full = sweep["full"]
+    fig = go.Figure([go.Scatter(x=ranks, y=list(sweep["accuracy"].values()), mode="lines+markers", name="lowrank"),
+                     go.Scatter(x=ranks, y=[full] * len(ranks), mode="lines", name="full", line={"dash": "dash"}),
+                     go.Scatter(x=ranks, y=[full - 0.02] * len(ranks), mode="lines", name="full − 2 points",
+                                line={"dash": "dot"})])
+    fig.update_layout(title=f"Rank sweep at layer {sweep['layer']}", xaxis_title="rank r", xaxis_type="log",
+                      yaxis_title="test accuracy", template="plotly_white")
+    return fig

@@ -17,30 +17,59 @@ Example:
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
+from sklearn.exceptions import DataConversionWarning, NotFittedError
 from tqdm.auto import tqdm
 
 from ..errors import InterpError
 
 
+class NotFitted(InterpError, NotFittedError):
+    """Predicting before ``fit``: an InterpError that scikit-learn also knows as its NotFittedError."""
+
+
 def _as_2d(X, what: str = "X") -> np.ndarray:
     if hasattr(X, "detach"):
         X = X.detach().cpu().float().numpy()
-    X = np.asarray(X, dtype=np.float64)
+    if sp.issparse(X):
+        raise InterpError(f"sparse input is not supported: pass {what} as a dense array (X.toarray())")
+    try:
+        X = np.asarray(X)
+        if X.dtype.kind == "c":
+            raise InterpError(f"Complex data not supported: {what} must be real activations")
+        X = X.astype(np.float64, copy=False)
+    except (TypeError, ValueError) as e:
+        if isinstance(e, InterpError):
+            raise
+        raise InterpError(f"{what} must be numeric [samples, features] activations ({e})") from None
     if X.ndim != 2:
-        raise InterpError(f"{what} must be 2-D [samples, features], got shape {X.shape}; take one position per "
-                          f"example (e.g. acts[site][:, 0])")
+        raise InterpError(f"{what} must be 2-D [samples, features], got shape {X.shape}. Reshape your data: take one "
+                          f"position per example (e.g. acts[site][:, 0])")
+    if X.shape[1] == 0:
+        raise InterpError(f"0 feature(s) (shape={X.shape}) while a minimum of 1 is required: {what} has no features")
     if not np.isfinite(X).all():
         raise InterpError(f"{what} contains NaN or infinite values; drop those rows first")
     return X
 
 
 def _as_target(y, n: int | None = None) -> np.ndarray:
+    if y is None:
+        raise InterpError("NumericSubspace requires y to be passed, but the target y is None; give one value per row")
     if hasattr(y, "detach"):
         y = y.detach().cpu().numpy()
-    y = np.asarray(y, dtype=np.float64)
+    try:
+        y = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise InterpError(f"y must hold numbers, one value per sample ({e}); encode labels as numbers") from None
+    if y.ndim == 2 and y.shape[1] == 1:
+        warnings.warn("A column-vector y was passed when a 1d array was expected; raveled to [n]",
+                      DataConversionWarning, stacklevel=3)
+        y = y.ravel()
     if y.ndim != 1:
         raise InterpError(f"y must be 1-D (one value per sample), got shape {y.shape}")
     if not np.isfinite(y).all():
@@ -53,16 +82,19 @@ def _as_target(y, n: int | None = None) -> np.ndarray:
     return y
 
 
-class NumericSubspace:
-    """StandardScaler + PLS regression from activations to a numeric attribute.
+class NumericSubspace(TransformerMixin, RegressorMixin, BaseEstimator):
+    """StandardScaler + PLS regression from activations to a numeric attribute (a scikit-learn estimator).
 
-    Parameters: ``n_components`` (PLS components; the paper uses 5, its code
-    defaults to 50), ``scale`` (standardize features first, as the paper
-    does). Fitted: ``scaler_mean_``, ``scaler_scale_``, ``pls_`` (the
-    sklearn ``PLSRegression``), ``components_`` [k, d] (PLS weight vectors
-    mapped back to activation space, unit norm), ``direction_`` [d] (the
-    first of them, signed so the predicted value grows along it),
-    ``n_features_in_``.
+    Parameters:
+        n_components: PLS components (the paper uses 5, its code defaults to 50).
+        scale: standardize features first, as the paper does.
+
+    Fitted (numpy arrays): ``scaler_mean_``, ``scaler_scale_``, ``pls_``
+    (the sklearn ``PLSRegression``), ``components_`` [k, d] (PLS weight
+    vectors mapped back to activation space, unit norm), ``direction_`` [d]
+    (the first of them, signed so the predicted value grows along it),
+    ``n_features_in_``. ``predict`` gives the value, ``transform`` the PLS
+    scores [n, k], ``score`` the R²; numpy or torch input.
 
     Example:
         est = NumericSubspace(n_components=5).fit(acts["resid_post.8"][:, 0], birth_years)
@@ -77,8 +109,10 @@ class NumericSubspace:
         from sklearn.cross_decomposition import PLSRegression
 
         X = _as_2d(X)
-        y = _as_target(y, X.shape[0])
         n, d = X.shape
+        if n < 2:
+            raise InterpError(f"n_samples = {n}: a regression needs at least 2 samples")
+        y = _as_target(y, n)
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
             raise InterpError(f"n_components must be a positive integer, got {self.n_components!r}")
         if self.n_components > min(n - 1, d):
@@ -87,7 +121,7 @@ class NumericSubspace:
         self.scaler_mean_ = X.mean(0)
         sd = X.std(0) if self.scale else np.ones(d)
         self.scaler_scale_ = np.where(sd > 0, sd, 1.0)  # constant features stay put, as StandardScaler does
-        self.pls_ = PLSRegression(n_components=self.n_components, scale=False).fit(self._transform(X), y)
+        self.pls_ = PLSRegression(n_components=self.n_components, scale=False).fit(self._standardize(X), y)
         # a weight w in scaled space reads x through w·(x/scale), i.e. along w/scale in activation space
         comps = self.pls_.x_weights_.T / self.scaler_scale_
         comps /= np.linalg.norm(comps, axis=1, keepdims=True)
@@ -104,28 +138,36 @@ class NumericSubspace:
         self._check_fitted()
         return np.ravel(self.pls_.coef_) / self.scaler_scale_
 
-    def _transform(self, X: np.ndarray) -> np.ndarray:
+    def _standardize(self, X: np.ndarray) -> np.ndarray:
         return (X - self.scaler_mean_) / self.scaler_scale_
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "pls_"):
-            raise InterpError("this NumericSubspace is not fitted yet; call fit(X, y) first")
+            raise NotFitted("this NumericSubspace is not fitted yet; call fit(X, y) first")
 
-    def predict(self, X) -> np.ndarray:
+    def _check_X(self, X) -> np.ndarray:
         self._check_fitted()
         X = _as_2d(X)
-        if X.shape[1] != len(self.scaler_mean_):
-            raise InterpError(f"X has {X.shape[1]} features but the subspace was fitted on {len(self.scaler_mean_)}")
-        return np.ravel(self.pls_.predict(self._transform(X)))
+        if X.shape[1] != self.n_features_in_:
+            raise InterpError(f"X has {X.shape[1]} features, but NumericSubspace is expecting {self.n_features_in_} "
+                              f"features as input (the activations it was fitted on)")
+        return X
 
-    def score(self, X, y) -> float:
-        """R² of the predictions."""
+    def predict(self, X) -> np.ndarray:
+        """Predicted attribute value per row [n]."""
+        X = self._standardize(self._check_X(X))
+        return np.ravel(self.pls_.predict(X))
+
+    def score(self, X, y, sample_weight=None) -> float:
+        """R² of the predictions (``sample_weight`` is not supported)."""
+        if sample_weight is not None:
+            raise InterpError("NumericSubspace.score takes no sample_weight")
         return r2(_as_target(y), self.predict(X))
 
     def transform(self, X) -> np.ndarray:
         """PLS scores [n, k] (coordinates in the subspace)."""
-        self._check_fitted()
-        return self.pls_.transform(self._transform(_as_2d(X)))
+        X = self._standardize(self._check_X(X))
+        return self.pls_.transform(X)
 
 
 def r2(y: np.ndarray, pred: np.ndarray) -> float:
