@@ -77,7 +77,7 @@ def _as_matrix(X) -> torch.Tensor:
     if X.is_complex():
         raise InterpError("Complex data not supported: the rank of activations needs real values")
     if X.dim() != 2:
-        raise InterpError(f"X must be [tokens, d], got shape {tuple(X.shape)}; reshape a single token to [1, d]")
+        raise InterpError(f"X must be [tokens, d], got shape {tuple(X.shape)}. Reshape your data: one token is [1, d]")
     if X.shape[1] == 0:
         raise InterpError(f"0 feature(s) (shape={tuple(X.shape)}) while a minimum of 1 is required: X has no "
                           f"dimensions to rank")

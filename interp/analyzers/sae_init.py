@@ -5,7 +5,9 @@ features started in random directions partly point where the data never
 goes and may never fire. Active-subspace init starts them inside the data:
 P = the top ``d_active`` principal directions of a mean-centered batch; each
 decoder row is a random vector projected into span(P); the encoder is the
-decoder's transpose and the decoder bias the mean.
+decoder's transpose and the decoder bias the mean. ``ActiveSubspaceInit`` is
+the same as a scikit-learn estimator (fitted ``W_dec_``, ``components_``;
+``transform`` gives coordinates in the active subspace).
 
 Example:
     >>> import torch
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
+from sklearn.base import BaseEstimator, TransformerMixin
 
 from ..errors import InterpError
 
@@ -47,15 +51,8 @@ def principal_directions(activations, d_active: int) -> tuple[torch.Tensor, torc
     return mean, vh[:d_active]
 
 
-def active_subspace_init(activations, d_sae: int, d_active: int | None = None, threshold: float = 0.99,
-                         seed: int = 0) -> dict:
-    """Decoder [d_sae, d] with unit rows in the top-``d_active`` principal subspace, encoder = decoderᵀ, b_dec = mean.
-
-    ``d_active=None`` uses the measured k at ``threshold`` (k99) of these
-    activations. Returns ``{"W_dec", "W_enc", "b_dec", "d_active"}`` with
-    SAELens' names and shapes (W_enc [d, d_sae], W_dec [d_sae, d]).
-    """
-    x = _check(activations)
+def _draw(x: torch.Tensor, d_sae: int, d_active: int | None, threshold: float, seed: int):
+    """(mean, P, unit decoder rows [d_sae, d] in span(P), d_active), all float64."""
     if d_active is None:
         from .rank import EffectiveRank
 
@@ -65,8 +62,86 @@ def active_subspace_init(activations, d_sae: int, d_active: int | None = None, t
     # W_rand[:, :d_active] Pᵀ: random coordinates in the principal basis, i.e. a Gaussian projected into span(P)
     w_dec = torch.randn(d_sae, p.shape[0], generator=gen, dtype=torch.float64) @ p
     w_dec = w_dec / w_dec.norm(dim=1, keepdim=True)
+    return mean, p, w_dec, int(d_active)
+
+
+def active_subspace_init(activations, d_sae: int, d_active: int | None = None, threshold: float = 0.99,
+                         seed: int = 0) -> dict:
+    """Decoder [d_sae, d] with unit rows in the top-``d_active`` principal subspace, encoder = decoderᵀ, b_dec = mean.
+
+    ``d_active=None`` uses the measured k at ``threshold`` (k99) of these
+    activations. Returns ``{"W_dec", "W_enc", "b_dec", "d_active"}`` with
+    SAELens' names and shapes (W_enc [d, d_sae], W_dec [d_sae, d]).
+    """
+    mean, _, w_dec, d_active = _draw(_check(activations), d_sae, d_active, threshold, seed)
     return {"W_dec": w_dec.float(), "W_enc": w_dec.T.contiguous().float(), "b_dec": mean.float(),
-            "d_active": int(d_active)}
+            "d_active": d_active}
+
+
+class ActiveSubspaceInit(TransformerMixin, BaseEstimator):
+    """The active-subspace initialization as a scikit-learn estimator.
+
+    Parameters: ``d_sae`` (dictionary size; None means 8 × d), ``d_active``
+    (None means the measured k at ``threshold``), ``threshold``, ``seed``.
+
+    Fitted (numpy): ``mean_`` [d], ``components_`` [d_active, d] (orthonormal
+    top principal directions), ``W_dec_`` [d_sae, d] (unit rows in their
+    span), ``W_enc_`` [d, d_sae], ``b_dec_`` [d], ``d_active_``,
+    ``n_features_in_``. ``transform(X)`` gives the coordinates of X in the
+    active subspace, ``(X − mean_) components_ᵀ``; ``init(sae)`` copies the
+    init into a SAELens SAE (as ``apply_to_sae``).
+
+    Example:
+        >>> import numpy as np
+        >>> X = np.random.default_rng(0).normal(size=(300, 3)) @ np.random.default_rng(1).normal(size=(3, 8))
+        >>> est = ActiveSubspaceInit(d_sae=32).fit(X)
+        >>> est.d_active_, est.W_dec_.shape, est.transform(X).shape
+        (3, (32, 8), (300, 3))
+    """
+
+    def __init__(self, d_sae: int | None = None, d_active: int | None = None, threshold: float = 0.99,
+                 seed: int = 0):
+        self.d_sae = d_sae
+        self.d_active = d_active
+        self.threshold = threshold
+        self.seed = seed
+
+    def fit(self, X, y=None) -> "ActiveSubspaceInit":
+        """X: [n_tokens, d] activations (numpy or torch); ``y`` is ignored."""
+        from .rank import _as_matrix
+
+        x = _check(_as_matrix(X))
+        if x.shape[0] < 2:
+            raise InterpError(f"n_samples = {x.shape[0]}: the principal directions need at least 2 tokens")
+        d_sae = self.d_sae if self.d_sae is not None else 8 * x.shape[1]
+        mean, p, w_dec, d_active = _draw(x, d_sae, self.d_active, self.threshold, self.seed)
+        self.mean_, self.components_ = mean.numpy(), p.numpy()
+        self.W_dec_ = w_dec.float().numpy()
+        self.W_enc_ = np.ascontiguousarray(self.W_dec_.T)
+        self.b_dec_ = mean.float().numpy()
+        self.d_active_, self.n_features_in_ = d_active, x.shape[1]
+        return self
+
+    def transform(self, X) -> np.ndarray:
+        """Coordinates [n, d_active] of X in the active subspace (centered by the fitted mean)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        from .rank import _as_matrix
+
+        check_is_fitted(self)
+        x = _check(_as_matrix(X))
+        if x.shape[1] != self.n_features_in_:
+            raise InterpError(f"X has {x.shape[1]} features, but ActiveSubspaceInit is expecting "
+                              f"{self.n_features_in_} features as input (the d it was fitted on)")
+        return ((x - torch.from_numpy(self.mean_)) @ torch.from_numpy(self.components_).T).numpy()
+
+    def init(self, sae, keep_row_norms: bool = True) -> None:
+        """Copy the fitted init into a SAELens SAE in place (see ``apply_to_sae``)."""
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self)
+        apply_to_sae(sae, {"W_dec": torch.from_numpy(self.W_dec_), "W_enc": torch.from_numpy(self.W_enc_),
+                           "b_dec": torch.from_numpy(self.b_dec_), "d_active": self.d_active_}, keep_row_norms)
 
 
 def apply_to_sae(sae, init: dict, keep_row_norms: bool = True) -> None:
