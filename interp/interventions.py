@@ -457,3 +457,43 @@ def everywhere(model, direction: torch.Tensor, positions: PositionLimit = "all")
     """Directional ablation as in the refusal paper: block input, attention and MLP output, every layer."""
     ablate = Ablate(direction, positions=positions)
     return {f"{name}.{layer}": ablate for layer in range(model.n_layers) for name in ("resid_pre", "attn_out", "mlp_out")}
+
+
+# --- added for patching (Makelov et al.) ---
+class ProjectionPatch(Patch):
+    """Patch along a vector as given: w ← w + (pᵀ(u − w)) p, u the source activation.
+
+    Unlike ``SubspacePatch``, ``p`` is neither normalized nor detached: the illusion checks patch
+    along a direction's rowspace and nullspace parts at their own lengths, and DAS trains ``p``
+    through the patched forward. Only the selected rows are computed, one [rows, d] product.
+
+    Example:
+        >>> x, u = torch.zeros(1, 2, 2), torch.ones(1, 2, 2)
+        >>> ProjectionPatch(torch.tensor([0.5, 0.0]), u, positions=[-1]).apply(x, Context.whole(x))
+        tensor([[[0.0000, 0.0000],
+                 [0.2500, 0.0000]]])
+    """
+
+    def __init__(self, direction: torch.Tensor, source, site: str | None = None, positions: PositionLimit = "prompt",
+                 source_mask=None):
+        super().__init__(source, site, positions, None, source_mask)
+        if not isinstance(direction, torch.Tensor) or direction.dim() != 1 or not torch.is_floating_point(direction):
+            raise InterpError("ProjectionPatch needs a 1-D floating-point direction tensor")
+        self.direction = direction
+
+    def check(self, shape, site):
+        super().check(shape, site)
+        if self.direction.shape[0] != shape[-1] or len(shape) != 1:
+            raise InterpError(f"direction of size {self.direction.shape[0]} does not match site {site} of shape "
+                              f"{tuple(shape)}")
+
+    def apply(self, x, ctx):
+        mask = self.where(ctx)
+        if not mask.any():
+            return x
+        u = self._gather(x, ctx)[mask]
+        w = x[mask]
+        p = self.direction.to(x.device, x.dtype)
+        out = x.clone()
+        out[mask] = w + ((u - w) @ p)[:, None] * p
+        return out

@@ -221,6 +221,40 @@ def sae_training_curves(histories: Mapping[str, Sequence[Mapping]]) -> dict[str,
     return figs
 
 
+# --- patching ---
+
+def patching_heatmaps(sweep: Mapping) -> dict[str, go.Figure]:
+    """One layer × position heatmap per swept site (layer × head for ``attn_z``), 1 = clean behaviour.
+
+    ``sweep`` is ``report["sweep"]`` of the patching experiment; columns are
+    labelled with the task's roles ("-5 (S2)") where it names them.
+    """
+    figs = {}
+    roles = sweep.get("roles", {})
+    labels = [f"{p} ({roles[str(p)]})" if str(p) in roles else str(p) for p in sweep["positions"]]
+    for name, grid in sweep["effects"].items():
+        heads = name == "attn_z"
+        x = list(range(len(grid[0]))) if heads and grid else labels
+        fig = go.Figure(go.Heatmap(z=grid, x=x, y=sweep["layers"], colorscale="RdBu", zmid=0,
+                                   colorbar={"title": "effect"}))
+        fig.update_layout(title=f"patching {name} from clean into corrupted (1 = clean behaviour)",
+                          xaxis_title="head" if heads else "position (from the end)", yaxis_title="layer",
+                          template="plotly_white")
+        figs[f"patching {name}"] = fig
+    return figs
+
+
+def illusion_fractions(subspaces: Mapping) -> go.Figure:
+    """Grouped bars: fraction of effect of the full component, the DAS direction and its two parts, per site."""
+    fig = go.Figure()
+    for r in subspaces.values():
+        f = r["fraction_of_effect"]
+        fig.add_trace(go.Bar(name=r["site"], x=list(f), y=list(f.values())))
+    fig.update_layout(title="fraction of effect: full component, DAS direction, its rowspace and nullspace parts",
+                      barmode="group", template="plotly_white")
+    return fig
+
+
 # --- numeric ---
 
 def numeric_r2(report: Mapping) -> go.Figure:

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from interp import InterpError
-from interp.patching import (PatchTask, check_subspace, direction_effect, learn_das, logit_diff,
-                             mean_difference_direction, patching_sweep)
+from interp.experiments.patching import (Config, PatchTask, check_subspace, direction_effect, learn_das,
+                                         mean_difference_direction, patching_sweep, run)
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +68,15 @@ def test_bad_inputs(setup):
 
 def test_query_reader_sees_only_those_heads(setup):
     from interp.analyzers.illusion import split_by_reader
-    from interp.patching import reader_matrix
+    from interp import arch
+    from interp.experiments.patching import reader_matrix
 
     m, task = setup
     layer = m.n_layers - 1
     r = reader_matrix(m, "resid_pre.1", f"q.{layer}:0", task)
     assert r.shape == (m.d_head, m.d_model)
     # a direction in the reader's nullspace leaves head 0's query unchanged, whatever the norm does
-    block = m._layers[layer]
+    block = arch.blocks(m)[layer]
     x = torch.randn(3, m.d_model)
     row, null = split_by_reader(torch.randn(m.d_model), r)
     q = lambda h: block.self_attn.q_proj(h * block.input_layernorm.weight)[:, : m.d_head]  # noqa: E731
@@ -88,15 +89,61 @@ def test_query_reader_sees_only_those_heads(setup):
 def test_run_patching_report(setup, tmp_path):
     import json
 
-    from interp.patching import run_patching
-
     m, task = setup
     bigger = PatchTask(task.clean * 2, task.corrupted * 2, torch.cat([task.answers, task.answers]))
-    r = run_patching(m, bigger, tmp_path, positions=(-1,), das_steps=3, progress=False)
+    result = run(m, Config(positions=(-1,), das_steps=3, progress=False), tmp_path, task=bigger)
+    r = result.report
     saved = json.loads((tmp_path / "report.json").read_text())
     assert set(saved["fraction_of_effect"]) == {"full", "das", "rowspace", "nullspace"}
     assert saved["verdict"] == r["verdict"] and (tmp_path / "report.html").exists()
     assert saved["subspaces"]["resid"]["reader"].startswith("q.")  # the default read-out: later heads' queries
     assert saved["subspaces"]["mlp"]["site"] == f"mlp_act.{saved['subspaces']['resid']['site'].split('.')[1]}"
+    for key in ("model", "n_pairs", "sweep", "subspaces", "reader_heads", "summary", "reproduction"):
+        assert key in saved
+    names = [h["name"] for h in saved["summary"]]
+    assert any("DAS direction, fraction of effect" in n for n in names)
+    assert all(h["split"].startswith(("held-out", "training")) for h in saved["summary"])
+    assert {"patching resid_pre", "patching attn_out", "patching mlp_out", "fraction of effect"} <= set(result.figures)
     with pytest.raises(InterpError, match="at least 4"):
-        run_patching(m, task, progress=False)
+        run(m, Config(progress=False), task=task)
+
+
+def test_config_is_checked_before_any_model_work():
+    from interp.experiments.patching import check_config
+
+    for bad, msg in ((Config(pairs=2), "at least 4"), (Config(positions=(1,)), "negative"),
+                     (Config(sites=("mlp_out",)), "resid_pre and attn_out"), (Config(sites=("resid", "attn_out")),
+                                                                               "unknown sweep site"),
+                     (Config(readout="keys"), "unknown read-out"), (Config(readout="q.3"), "should look like")):
+        with pytest.raises(InterpError, match=msg):
+            check_config(bad)
+    with pytest.raises(InterpError, match="layers are 0..1"):
+        check_config(Config(readout="q.2:0"), n_layers=2, n_heads=4)
+    with pytest.raises(InterpError, match="resid_layer must be a layer in 0..1"):
+        check_config(Config(resid_layer=5), n_layers=2)
+
+
+def test_cli_validates_before_loading(monkeypatch, capsys):
+    import interp.loading
+    from interp.cli import main
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(interp.loading, "load_model", no_load)
+    for argv in (["--positions", "0"], ["--sites", "resid_pre", "bogus"], ["--readout", "q.x:1"], ["--pairs", "3"]):
+        assert main(["patch", "tiny-model", "--out", "/tmp/unused"] + argv) != 0
+        assert "error" in capsys.readouterr().err.lower()
+
+
+def test_projection_patch_is_exact_and_trainable():
+    from interp.interventions import Context, ProjectionPatch
+
+    x, u = torch.randn(3, 4, 5), torch.randn(3, 4, 5)
+    p = torch.randn(5, requires_grad=True)  # not unit: kept as given
+    y = ProjectionPatch(p, u, positions=[-2]).apply(x, Context.whole(x))
+    w = x[:, -2]
+    expected = w + ((u[:, -2] - w) @ p)[:, None] * p
+    assert torch.equal(y[:, -2], expected) and torch.equal(y[:, [0, 1, 3]], x[:, [0, 1, 3]])
+    y.sum().backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from interp.patching import direction_effect, ioi_task, patching_sweep
+from interp.experiments.patching import direction_effect, ioi_task, patching_sweep
 
 pytestmark = pytest.mark.slow
 DATA = Path(__file__).resolve().parents[1] / "data" / "ioi_task.json"
@@ -47,10 +47,10 @@ def test_misaligned_template_is_an_error(smollm, tmp_path):
 
 
 def test_das_beats_random_direction_on_held_out_pairs(smollm):
-    from interp.patching import run_patching
+    from interp.experiments.patching import Config, run
 
     task = ioi_task(smollm, n=16, seed=1)
-    r = run_patching(smollm, task, positions=(-1,), das_steps=20, progress=False)
+    r = run(smollm, Config(positions=(-1,), das_steps=20, progress=False), task=task).report
     resid = r["subspaces"]["resid"]
     site = resid["site"]
     # DAS trained on 8 pairs, scored on the other 8; compare with random unit directions at the same site

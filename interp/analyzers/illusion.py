@@ -123,7 +123,8 @@ class IllusionSplit(TransformerMixin, BaseEstimator):
         if v.norm() < 1e-12 or not torch.isfinite(v).all():
             raise InterpError("the direction is zero or not finite")
         v = v / v.norm()
-        reader = torch.eye(v.numel(), dtype=torch.float64) if self.reader is None else _tensor(self.reader, "the reader")
+        reader = (torch.eye(v.numel(), dtype=torch.float64) if self.reader is None
+                  else _tensor(self.reader, "the reader"))
         row, null = split_by_reader(v, reader, self.rtol)
         self.mean_ = acts.mean(0)
         self._units = [v] + [p / p.norm() if p.norm() > 1e-8 else p for p in (row, null)]

@@ -24,6 +24,11 @@ def add_parser(sub) -> None:
     q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--pairs", type=int, default=32, help="clean/corrupted pairs (default 32)")
+    q.add_argument("--positions", nargs="+", type=int, default=[-1, -2, -3, -4, -5],
+                   help="sweep positions from the end, space-separated (default -1 -2 -3 -4 -5)")
+    q.add_argument("--sites", nargs="+", default=["resid_pre", "attn_out", "mlp_out"],
+                   help="sweep sites, space-separated; resid_pre and attn_out choose the DAS layers "
+                   "(default resid_pre attn_out mlp_out)")
     q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: the residual DAS layer)")
     q.add_argument("--resid-layer", type=int, default=None,
                    help="layer for the residual DAS (default: the first layer whose resid_pre patch at the last "
@@ -53,14 +58,29 @@ def run(args) -> int:
     return 0
 
 
-def run_patch(args) -> int:
-    from ..loading import load_model
-    from ..patching import ioi_task, run_patching
+def _split(values: list[str]) -> list[str]:
+    """Space-separated list items; the older comma form ("a,b") still works."""
+    return [x for v in values for x in v.split(",") if x]
 
+
+def _known_n_layers(model: str) -> int | None:
+    try:
+        from .rank import known_n_layers
+    except ImportError:  # layer bounds are then checked once the model has loaded
+        return None
+    return known_n_layers(model)
+
+
+def run_patch(args) -> int:
+    from ..experiments import patching
+    from ..loading import load_model
+
+    config = patching.Config(pairs=args.pairs, task_path=args.task, seed=args.seed, positions=tuple(args.positions),
+                             sites=tuple(_split(args.sites)), mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
+                             readout=args.readout, das_steps=args.das_steps)
+    patching.check_config(config, _known_n_layers(args.model))  # fail before the model loads
     model = load_model(args.model)
-    task = ioi_task(model, n=args.pairs, seed=args.seed, path=args.task)
-    r = run_patching(model, task, args.out, mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
-                     readout=args.readout, das_steps=args.das_steps, seed=args.seed)
+    r = patching.run(model, config, out=args.out).report
     print(f"clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
     for key, s in r["subspaces"].items():
         f = s["fraction_of_effect"]
