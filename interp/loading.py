@@ -12,11 +12,15 @@ import torch
 
 from .errors import InterpError
 from .model import Model
-from .packaged import DEFAULT_MODEL, PACKAGED, convert_gguf, hf_dir, interp_home, sha256_file
+from .packaged import DEFAULT_MODEL, PACKAGED, convert_gguf, hf_dir, interp_home, model_lock, sha256_file
 
 
 def resolve_source(name_or_path: str, progress: bool = True) -> tuple[str, str]:
     """(display name, transformers-loadable path or hub id) for any accepted source."""
+    if not isinstance(name_or_path, (str, Path)) or not str(name_or_path).strip():
+        raise InterpError(f"a model is a packaged name ({', '.join(PACKAGED)}), a .gguf file, a model folder or "
+                          f"a hub id; got {name_or_path!r}")
+    name_or_path = str(name_or_path)
     if name_or_path in PACKAGED:
         return name_or_path, str(hf_dir(name_or_path, progress=progress))
     path = Path(name_or_path).expanduser()
@@ -24,9 +28,12 @@ def resolve_source(name_or_path: str, progress: bool = True) -> tuple[str, str]:
         if not path.is_file():
             raise InterpError(f"GGUF file {path} does not exist")
         digest = sha256_file(path)
-        out = interp_home() / "models" / f"gguf-{digest[:16]}" / "hf"
+        key = f"gguf-{digest[:16]}"
+        out = interp_home() / "models" / key / "hf"
         if not (out / "interp_source.json").exists():
-            convert_gguf(path, out, source={"gguf": str(path), "gguf_sha256": digest})
+            with model_lock(key):
+                if not (out / "interp_source.json").exists():
+                    convert_gguf(path, out, source={"gguf": str(path), "gguf_sha256": digest})
         return path.stem, str(out)
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -34,7 +41,20 @@ def resolve_source(name_or_path: str, progress: bool = True) -> tuple[str, str]:
         return path.name, str(path)
     if path.exists():
         raise InterpError(f"{path} is neither a model folder nor a .gguf file")
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or "\\" in name_or_path:
+        raise InterpError(f"{path} does not exist (and is not a packaged model name or a hub id such as "
+                          f"'Qwen/Qwen2.5-0.5B-Instruct'); packaged models: {', '.join(PACKAGED)}")
     return name_or_path, name_or_path  # a hub id
+
+
+def _check_device(device) -> None:
+    if device is None:
+        return
+    try:
+        torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise InterpError(f"device {device!r} is not a torch device ({e}); use 'cpu', 'cuda', 'cuda:0' or 'mps'") \
+            from None
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype: torch.dtype = torch.float32,
@@ -54,6 +74,10 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
         raise InterpError(f"unknown backend {backend!r}; use 'hf' or 'transformer_lens'")
     if device is not None and device_map is not None:
         raise InterpError("pass either device or device_map, not both")
+    _check_device(device)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InterpError(f"dtype must be a floating-point torch dtype (torch.float32, torch.bfloat16, "
+                          f"torch.float16), got {dtype!r}")
     name, source = resolve_source(name_or_path, progress=progress)
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if device_map is not None:
@@ -61,16 +85,35 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
     if attn_implementation is not None or backend == "transformer_lens":
         # the bridge runs eager attention; match it so both backends agree
         kwargs["attn_implementation"] = attn_implementation or "eager"
+    def read(src: str):
+        tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
+        return tokenizer, AutoModelForCausalLM.from_pretrained(src, **kwargs)
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        hf = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        try:
+            tokenizer, hf = read(source)
+        except Exception:
+            if name_or_path not in PACKAGED:
+                raise
+            # our own cached conversion is damaged (a truncated or edited file): make it again, once
+            source = str(hf_dir(name_or_path, progress=progress, rebuild=True))
+            tokenizer, hf = read(source)
     except OSError as e:
         raise InterpError(
             f"could not load {name_or_path!r}: {e}\nOffline, use a packaged model "
             f"({', '.join(PACKAGED)}), a local folder or a .gguf file."
         ) from e
+    except (InterpError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # a damaged folder: safetensors, json, tokenizers and config errors of many kinds
+        raise InterpError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {str(e)[:300]}. "
+                          f"The folder looks damaged or incomplete (config.json, *.safetensors, tokenizer files); "
+                          f"copy or convert it again") from e
     if device is not None:
-        hf = hf.to(device)
+        try:
+            hf = hf.to(device)
+        except (RuntimeError, AssertionError) as e:  # e.g. "cuda" on a machine without CUDA
+            raise InterpError(f"cannot move {name} to device {device!r}: {e}") from e
     if backend == "transformer_lens":
         from .tl_backend import TLModel
 

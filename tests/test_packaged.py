@@ -57,3 +57,120 @@ def test_backend_and_device_arguments_checked():
         load_model("smollm2-135m-instruct", backend="jax")
     with pytest.raises(InterpError, match="device_map"):
         load_model("smollm2-135m-instruct", device="cpu", device_map="auto")
+
+
+# --- issue 16 item 5: the packaged-model cache is checked, rebuilt when damaged, and safe to share
+FAKE_GGUF = b"GGUF-not-really" * 64
+
+
+@pytest.fixture
+def fake_packaged(tmp_path, monkeypatch):
+    """A packaged model whose 'GGUF' converts to a tiny random llama (no download, no real GGUF)."""
+    import hashlib
+    import threading
+    import time
+
+    from interp.testing import tiny_model
+
+    monkeypatch.setenv("INTERP_HOME", str(tmp_path / "home"))
+    spec = packaged.PackagedModel("fake-tiny", "test", (), hashlib.sha256(FAKE_GGUF).hexdigest(), len(FAKE_GGUF),
+                                  "llama")
+    monkeypatch.setitem(packaged.PACKAGED, spec.name, spec)
+    target = packaged.model_dir(spec.name) / spec.gguf_name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(FAKE_GGUF)
+    calls = []
+    lock = threading.Lock()
+
+    def convert(gguf, out, source=None):
+        with lock:
+            calls.append(out)
+        assert packaged.sha256_file(gguf) == spec.sha256
+        time.sleep(0.3)  # long enough for a second loader to arrive mid-conversion
+        m = tiny_model("llama")
+        if hasattr(packaged, "save_converted"):
+            return packaged.save_converted(m.hf, m.tokenizer, out, source or {})
+        tmp = out.with_name(out.name + ".tmp")  # the starting commit's layout
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+        m.hf.save_pretrained(tmp)
+        m.tokenizer.save_pretrained(tmp)
+        import json
+        (tmp / "interp_source.json").write_text(json.dumps(source))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return out
+
+    monkeypatch.setattr(packaged, "convert_gguf", convert)
+    return spec, target, calls
+
+
+def test_flipped_byte_in_cached_gguf_is_caught(fake_packaged):
+    spec, target, _ = fake_packaged
+    target.with_suffix(".sha256").write_text(spec.sha256)  # stamp and size both say "verified"
+    data = bytearray(FAKE_GGUF)
+    data[100] ^= 1
+    target.write_bytes(bytes(data))
+    with pytest.raises(InterpError, match="SHA-256"):
+        packaged.gguf_path(spec.name, progress=False)
+    with pytest.raises(InterpError, match="SHA-256"):
+        packaged.hf_dir(spec.name, progress=False)
+
+
+def test_damaged_conversion_is_rebuilt_on_load(fake_packaged):
+    spec, _, calls = fake_packaged
+    first = load_model(spec.name, progress=False)
+    weights = next(packaged.hf_dir(spec.name).glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated by a full disk or a killed copy
+    again = load_model(spec.name, progress=False)
+    assert len(calls) == 2
+    import torch
+
+    for a, b in zip(first.hf.state_dict().values(), again.hf.state_dict().values()):
+        assert a.shape == b.shape and torch.isfinite(b).all()
+
+
+def test_damaged_model_folder_is_a_clear_error(tmp_path):
+    from interp.testing import tiny_model
+
+    m = tiny_model("llama")
+    m.hf.save_pretrained(tmp_path / "m")
+    m.tokenizer.save_pretrained(tmp_path / "m")
+    weights = next((tmp_path / "m").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:500])
+    with pytest.raises(InterpError, match="damaged or incomplete"):
+        load_model(str(tmp_path / "m"), progress=False)
+    (tmp_path / "m" / "config.json").write_text("{ not json")
+    with pytest.raises(InterpError, match="could not load"):
+        load_model(str(tmp_path / "m"), progress=False)
+
+
+def test_concurrent_loads_convert_once(fake_packaged):
+    import threading
+
+    spec, _, calls = fake_packaged
+    results, errors = [], []
+
+    def load():
+        try:
+            results.append(packaged.hf_dir(spec.name, progress=False))
+        except Exception as e:  # noqa: BLE001 - the test reports any failure below
+            errors.append(e)
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(results)) == 1 and len(calls) == 1
+    assert not list(results[0].parent.glob("hf.tmp*")) and not list(results[0].parent.glob("*.partial"))
+    load_model(spec.name, progress=False)
+
+
+@pytest.mark.parametrize("device", ["banana", "cuda:x", 3.5])
+def test_bad_device_is_refused_before_loading(device, monkeypatch):
+    import interp.loading as loading
+
+    monkeypatch.setattr(loading, "resolve_source", lambda *a, **k: pytest.fail("loaded before checking device"))
+    with pytest.raises(InterpError, match="device"):
+        load_model("smollm2-135m-instruct", device=device)
