@@ -149,3 +149,25 @@ def test_report_loads_in_a_browser(tmp_path):
     for name in result.figures:
         div = re.search(rf'<div id="fig-{name}"[^>]*>', dom)
         assert div and "js-plotly-plot" in div.group(0), f"figure {name} did not draw"
+
+
+def test_split_groups_never_puts_a_group_on_two_sides():
+    from interp.protocol import protocol_block, seed_summary, split_groups
+    from interp import InterpError
+
+    groups = [i // 3 for i in range(60)]  # 20 groups of 3 items
+    s = split_groups(groups, (0.6, 0.2, 0.2), seed=1, unit="entity")
+    sides = {}
+    for name in ("train", "val", "test"):
+        for i in getattr(s, name):
+            sides.setdefault(groups[i], set()).add(name)
+    assert all(len(v) == 1 for v in sides.values())
+    assert sorted(s.train + s.val + s.test) == list(range(60))
+    assert s.groups == {"train": 12, "val": 4, "test": 4}
+    assert split_groups(groups, seed=1).test == s.test and split_groups(groups, seed=2).test != s.test
+    block = protocol_block(s)
+    assert block["split_unit"] == "entity" and block["selected_on"] == "validation" and block["n_test"] == 12
+    with pytest.raises(InterpError, match="at least 3"):
+        split_groups([0, 0, 1])
+    summ = seed_summary({0: 0.5, 1: 0.7, 2: None})
+    assert summ["n"] == 2 and abs(summ["mean"] - 0.6) < 1e-12
