@@ -98,7 +98,7 @@ def test_run_patching_report(setup, tmp_path):
     assert saved["verdict"] == r["verdict"] and (tmp_path / "report.html").exists()
     assert saved["subspaces"]["resid"]["reader"].startswith("q.")  # the default read-out: later heads' queries
     assert saved["subspaces"]["mlp"]["site"] == f"mlp_act.{saved['subspaces']['resid']['site'].split('.')[1]}"
-    for key in ("model", "n_pairs", "sweep", "subspaces", "reader_heads", "summary", "reproduction"):
+    for key in ("model", "n_pairs", "sweep", "subspaces", "reader_heads", "summary", "reproduction", "protocol"):
         assert key in saved
     names = [h["name"] for h in saved["summary"]]
     assert any("DAS direction, fraction of effect" in n for n in names)

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
                        description="Patch clean activations into corrupted runs at every site x layer x position, "
                        "learn 1-D DAS directions in an MLP hidden layer and in the residual stream, and run the "
                        "illusion checks on them. Writes report.json and report.html.")
-    q.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    q.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
     q.add_argument("--out", required=True, help="output folder")
     q.add_argument("--pairs", type=int, default=32, help="clean/corrupted pairs (default 32)")
@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     q.add_argument("--sites", nargs="+", default=["resid_pre", "attn_out", "mlp_out"],
                    help="sweep sites, space-separated; resid_pre and attn_out choose the DAS layers "
                    "(default resid_pre attn_out mlp_out)")
-    q.add_argument("--mlp-layer", type=int, default=None, help="layer for the MLP DAS (default: the residual DAS layer)")
+    q.add_argument("--mlp-layer", type=int, default=None,
+                   help="layer for the MLP DAS (default: the residual DAS layer)")
     q.add_argument("--resid-layer", type=int, default=None,
                    help="layer for the residual DAS (default: the first layer whose resid_pre patch at the last "
                    "position reaches half of its value at the layer whose attn_out patch there matters most)")

@@ -118,7 +118,8 @@ def run(model, config: Config | None = None, out=None, *, task: PatchTask | None
 
     # data: the pairs, and the split that keeps DAS's test pairs unseen
     with sw("data"):
-        task = task if task is not None else ioi_task(model, n=cfg.pairs, seed=cfg.seed, path=cfg.task_path)
+        given = task is not None
+        task = task if given else ioi_task(model, n=cfg.pairs, seed=cfg.seed, path=cfg.task_path)
         n = len(task.clean)
         if n < 4:
             raise InterpError(f"need at least 4 prompt pairs (half to train DAS, half to test), got {n}")
@@ -160,9 +161,14 @@ def run(model, config: Config | None = None, out=None, *, task: PatchTask | None
               "fraction_of_effect": subspaces["mlp"]["fraction_of_effect"], "verdict": subspaces["mlp"]["verdict"]}
     if heads is not None:
         report["reader_heads"] = {"layer": reader_layer, "attn_z_effects": heads}
-    result = Result("patching", report, figures=_figures(report), headlines=_headlines(report, len(test.task.clean)),
+    protocol = {"task": "given to run()" if given else (cfg.task_path or "data/ioi_task.json"),
+                "pairs": n, "train": f"{n // 2} pairs (shuffled with seed {cfg.seed}): DAS and mean difference fit",
+                "test": f"{n - n // 2} other pairs: every fraction of effect and the verdicts",
+                "sweep": "all pairs; it chooses the DAS layers and the default read-out"}
+    result = Result("patching", report, figures=_figures(report), headlines=_headlines(report, n - n // 2),
                     conclusion=" | ".join(f"{r['site']}: {r['verdict']}" for r in subspaces.values()),
-                    config=cfg, timing=sw.seconds, title=f"Patching and illusion checks: {model.name}")
+                    config=cfg, timing=sw.seconds, title=f"Patching and illusion checks: {model.name}",
+                    protocol=protocol)
     if out is not None:
         write_report(result, out, model=model)
     return result
