@@ -163,3 +163,28 @@ def auroc(scores, labels) -> float:
     if len(set(labels.tolist())) < 2:
         return float("nan")
     return float(roc_auc_score(labels, scores))
+
+
+# --- added for binding ---
+
+def sequence_nll(model, token_ids: Sequence[Sequence[int]], interventions: Mapping | None = None,
+                 batch_size: int = 8) -> list[torch.Tensor]:
+    """Per token sequence, −log p(token t+1 | ..t) for each of its tokens but the first ([len − 1], float64, CPU).
+
+    The ids are used as given (no chat template, no re-tokenization), left-padded in batches in the
+    order given, optionally under interventions; per-token losses let a caller average over any subset
+    of tokens (e.g. second mentions of an entity).
+
+    Example:
+        nll = sequence_nll(model, [model.encode(["Hello there"], chat=False).ids[0]])
+        nll[0].mean()    # = text_ce(model, ["Hello there"])
+    """
+    out: list[torch.Tensor] = []
+    with _intervening(model, interventions), torch.no_grad():
+        for s in range(0, len(token_ids), batch_size):
+            rows = [list(ids) for ids in token_ids[s:s + batch_size]]
+            batch = model.pad(rows)
+            nll, _ = token_nll(model.run(batch), batch["input_ids"], batch["attention_mask"])
+            width = batch["input_ids"].shape[1]
+            out.extend(nll[j, width - len(ids):].cpu() for j, ids in enumerate(rows))
+    return out

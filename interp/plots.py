@@ -314,3 +314,38 @@ def numeric_plane(projection: Mapping, target: str = "value", layer: int | None 
                       yaxis_title="PLS 2", template="plotly_white")
     return fig
 
+
+# --- binding ---
+
+def binding_accuracy(report: Mapping) -> go.Figure:
+    """Held-out accuracy per layer of each pairwise probe kind, beside the majority-class baseline.
+
+    ``report`` is the binding experiment's report (``layers``, ``accuracy``, ``majority_baseline``,
+    ``class_balance``, ``task``).
+    """
+    xs = list(report["layers"])
+    fig = go.Figure()
+    for kind, ys in report["accuracy"].items():
+        fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=kind))
+    fig.add_trace(go.Scatter(x=xs, y=[report["majority_baseline"]] * len(xs), mode="lines", name="majority class",
+                             line={"dash": "dash", "color": "grey"}))
+    fig.update_layout(title=f"IsSameObject probes ({report['task']}), held-out texts; class balance "
+                      f"{report['class_balance']:.2f}", xaxis_title="layer", yaxis_title="test accuracy",
+                      template="plotly_white")
+    return fig
+
+
+def binding_rank_sweep(sweep: Mapping) -> go.Figure:
+    """Held-out accuracy of the low-rank probe against its rank r, with the full probe and full − 2 points.
+
+    ``sweep`` is ``report["rank_sweep"]`` (``layer``, ``full``, ``accuracy`` keyed by rank).
+    """
+    ranks = [int(r) for r in sweep["accuracy"]]
+    full = sweep["full"]
+    fig = go.Figure([go.Scatter(x=ranks, y=list(sweep["accuracy"].values()), mode="lines+markers", name="lowrank"),
+                     go.Scatter(x=ranks, y=[full] * len(ranks), mode="lines", name="full", line={"dash": "dash"}),
+                     go.Scatter(x=ranks, y=[full - 0.02] * len(ranks), mode="lines", name="full − 2 points",
+                                line={"dash": "dot"})])
+    fig.update_layout(title=f"Rank sweep at layer {sweep['layer']}", xaxis_title="rank r", xaxis_type="log",
+                      yaxis_title="test accuracy", template="plotly_white")
+    return fig

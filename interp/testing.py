@@ -69,3 +69,19 @@ def tiny_model(arch: str = "llama", seed: int = 0, n_layers: int = 2) -> Model:
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32, attn_implementation="eager")
     return Model(hf, tok, name=f"tiny-{arch}")
+
+
+def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, n_layers: int = 2, seed: int = 0):
+    """A random-weight ``transformers.ViTModel`` (no download): patch tokens for the binding probes' tests and
+    the image example (``interp.data.binding.vit_hidden_states`` reads it).
+
+    Example:
+        >>> tiny_vit().config.num_hidden_layers
+        2
+    """
+    from transformers import ViTConfig, ViTModel
+
+    cfg = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=n_layers,
+                    num_attention_heads=4, intermediate_size=2 * hidden_size, num_channels=3)
+    torch.manual_seed(seed)
+    return ViTModel(cfg, add_pooling_layer=False).eval()

@@ -1,11 +1,11 @@
 """IsSameObject pairwise probes (Li et al., arXiv 2510.24709) on a model, with the paper's comparison.
 
-Runs ``interp binding`` and prints, per layer, the test accuracy of each probe
-kind beside the majority-class baseline, then checks this project's targets:
-a quadratic probe beats the linear one by >= 5 points at its best layer; a
-low-rank probe with r <= 32 is within 2 points of the full probe; every probe
-above the majority baseline. The paper reports > 90% for the quadratic probe
-on patch tokens of self-supervised ViTs (DINOv2, CLIP) on ADE20K.
+Runs ``interp.experiments.binding`` and prints, per layer, the test accuracy of
+each probe kind beside the majority-class baseline, then checks this project's
+targets: a quadratic probe beats the linear one by >= 5 points at its best
+layer; a low-rank probe with r <= 32 is within 2 points of the full probe;
+every probe above the majority baseline. The paper reports > 90% for the
+quadratic probe on patch tokens of self-supervised ViTs (DINOv2, CLIP) on ADE20K.
 
 Usage:
     HF_HUB_OFFLINE=1 .venv/bin/python probes/binding_probes.py qwen2.5-coder-0.5b-instruct --layers every:3 \\
@@ -14,24 +14,30 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from interp.cli import main as interp_main
+    from interp import InterpError, load_model
+    from interp.commands.binding import parse_layers
+    from interp.commands.rank import known_n_layers
+    from interp.experiments import binding
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("model")
-    p.add_argument("--layers", default="every:3")
+    p.add_argument("--layers", nargs="+", default=["every:3"], help="'all', 'every:N' or layer indices")
     p.add_argument("--task", default="entity", choices=["entity", "word"])
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    rc = interp_main(["binding", args.model, "--out", args.out, "--layers", args.layers, "--task", args.task])
-    if rc:
-        return rc
-    r = json.loads((Path(args.out) / "report.json").read_text())
+    try:
+        config = binding.Config(layers=parse_layers(args.layers, known_n_layers(args.model)), task=args.task)
+        binding.check_config(config, known_n_layers(args.model))
+        model = load_model(args.model)
+        r = binding.run(model, config, out=args.out).report
+    except InterpError as e:
+        print(f"binding_probes: error: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(binding.summary_lines(r)))
     maj = r["majority_baseline"]
     print(f"\n{r['model']['model']}: paper (ViT patches, ADE20K): quadratic > 90%, quadratic > diagonal > linear")
     best = r["best"]

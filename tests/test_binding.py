@@ -1,4 +1,5 @@
-"""IsSameObject pairwise probes: estimators, pair data (text and ViT patches), the experiment and CLI."""
+"""IsSameObject pairwise probes: estimators (and their scikit-learn contract), pair data (text and ViT
+patches), the experiment and the CLI."""
 import numpy as np
 import pytest
 import torch
@@ -7,7 +8,8 @@ from interp import InterpError
 from interp.analyzers.binding import (PairwiseProbe, SimilarityBaseline, class_balance, evaluate_kinds,
                                       majority_baseline, min_rank_within)
 from interp.data.binding import (entity_groups, load_coref_texts, patch_groups, sample_pairs, shapes_dataset,
-                                 split_units, tiny_vit, token_offsets, vit_hidden_states, word_groups)
+                                 split_units, token_offsets, vit_hidden_states, word_groups)
+from interp.testing import tiny_vit
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -59,7 +61,7 @@ def test_quadratic_beats_linear_on_a_relation(planted_split):
 def test_lowrank_probe_finds_the_planted_subspace(planted_split):
     X, tr, te, signal = planted_split
     probe = PairwiseProbe("lowrank", rank=3, epochs=40, lr=1e-2).fit(X, tr.pairs, tr.labels)
-    Q = probe.subspace()
+    Q = torch.from_numpy(probe.subspace())
     assert Q.shape[0] <= 6 and Q.shape[1] == 24
     torch.testing.assert_close(Q @ Q.T, torch.eye(Q.shape[0]), atol=1e-4, rtol=0)
     # every planted direction lies (almost) inside the probe's subspace
@@ -76,22 +78,30 @@ def test_lowrank_probe_finds_the_planted_subspace(planted_split):
 def test_probe_api_and_parameters(planted_split):
     X, tr, te, _ = planted_split
     full = PairwiseProbe("full", epochs=5).fit(X, tr.pairs, tr.labels)
-    torch.testing.assert_close(full.W_, full.W_.T)
+    np.testing.assert_allclose(full.W_, full.W_.T)
     logits = full.decision_function(X, te.pairs)
     proba = full.predict_proba(X, te.pairs)
-    torch.testing.assert_close(proba, torch.sigmoid(logits))
-    assert set(full.predict(X, te.pairs).unique().tolist()) <= {0, 1}
+    assert isinstance(logits, np.ndarray) and proba.shape == (len(te), 2)
+    np.testing.assert_allclose(proba[:, 1], 1 / (1 + np.exp(-logits)), rtol=1e-5)
+    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-6)
+    assert set(np.unique(full.predict(X, te.pairs)).tolist()) <= {0, 1}
     assert len(full.losses_) == 5 and full.losses_[-1] < full.losses_[0]
     # the pair score is symmetric in (x, y)
-    torch.testing.assert_close(logits, full.decision_function(X, te.pairs.flip(1)))
+    np.testing.assert_allclose(logits, full.decision_function(X, te.pairs.flip(1)), rtol=1e-5, atol=1e-6)
+    # the same pairs side by side ([n, 2d] and [n, 2, d]) give the same scores as tokens + row-index pairs
+    side = torch.cat([X[te.pairs[:, 0]], X[te.pairs[:, 1]]], 1)
+    np.testing.assert_allclose(full.decision_function(side), logits, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(full.decision_function(side.reshape(len(te), 2, -1).numpy()), logits, rtol=1e-5,
+                               atol=1e-6)
+    assert full.score(side, te.labels) == full.score(X, te.pairs, te.labels)
     low = PairwiseProbe("lowrank", rank=2, epochs=2).fit(X, tr.pairs, tr.labels)
-    torch.testing.assert_close(low.W_, (low.A_.T @ low.B_ + low.B_.T @ low.A_) / 2)
-    assert torch.linalg.matrix_rank(low.W_) <= 4
+    np.testing.assert_allclose(low.W_, (low.A_.T @ low.B_ + low.B_.T @ low.A_) / 2, rtol=1e-5, atol=1e-7)
+    assert np.linalg.matrix_rank(low.W_) <= 4
     diag = PairwiseProbe("diagonal", epochs=2).fit(X, tr.pairs, tr.labels)
-    torch.testing.assert_close(diag.W_, torch.diag(diag.w_))
+    np.testing.assert_allclose(diag.W_, np.diag(diag.w_))
     # the same seed gives the same probe
     again = PairwiseProbe("lowrank", rank=2, epochs=2).fit(X, tr.pairs, tr.labels)
-    torch.testing.assert_close(low.A_, again.A_)
+    np.testing.assert_array_equal(low.A_, again.A_)
     assert 0.0 <= low.train_accuracy_ <= 1.0 and low.class_balance_ == class_balance(tr.labels)
 
 
@@ -203,55 +213,202 @@ def test_patch_groups_majority():
         patch_groups(m, 3)
 
 
-def test_experiment_on_tiny_model_and_ablation_hook(tiny_llama):
-    from interp.commands.binding import binding_experiment, capture_tokens, summary_lines, tokenize_texts
+def test_experiment_on_tiny_model_and_ablation_hook(tiny_llama, tmp_path):
+    import json
+
+    from interp.data.binding import tokenize_texts
+    from interp.experiments import binding
+    from interp.experiments.binding import _capture
     from interp.interventions import Ablate
 
-    recs = load_coref_texts()[:16]
-    report = binding_experiment(tiny_llama, recs, [0, 1], rank=2, ranks=[1, 2], epochs=2, per_anchor=1,
-                                kinds=["linear", "full", "lowrank", "cosine"])
+    config = binding.Config(layers=[0, 1], n_texts=16, rank=2, ranks=[1, 2], epochs=2, per_anchor=1,
+                            kinds=["linear", "full", "lowrank", "cosine"], progress=False)
+    result = binding.run(tiny_llama, config, out=tmp_path)
+    report = result.report
     for k in ("linear", "full", "lowrank", "cosine"):
         assert len(report["accuracy"][k]) == 2 and all(0 <= a <= 1 for a in report["accuracy"][k])
     assert 0.5 <= report["majority_baseline"] <= 0.6 and report["n_test_texts"] == 4
     assert report["rank_sweep"]["layer"] in (0, 1)
     abl = report["ablation"]
     assert set(abl["loss"]) == {"none", "binding", "random"} and abl["dims_removed"] <= 2 * abl["probe_rank"]
-    assert any("majority" in line for line in summary_lines(report))
+    assert any("majority" in line for line in binding.summary_lines(report))
+    # the report: today's keys plus summary/reproduction; headlines name their split; both figures
+    written = json.loads((tmp_path / "report.json").read_text())
+    assert {"accuracy", "majority_baseline", "best", "rank_sweep", "min_rank_within_2pts", "ablation", "seconds",
+            "summary", "reproduction"} <= set(written)
+    assert all("held-out texts" in h["split"] for h in written["summary"] if "accuracy at layer" in h["name"])
+    assert set(result.figures) == {"accuracy_per_layer", "rank_sweep"} and (tmp_path / "report.html").exists()
+    # the loss on no edit is the evaluation module's cross-entropy of the same texts
+    from interp.evaluation import text_ce
+
+    texts = [r["text"] for r in load_coref_texts()[:16]]
+    assert abs(abl["loss"]["none"]["all"] - text_ce(tiny_llama, texts)) < 1e-9
     # activations captured under the ablation have no component in the removed subspace
-    tok = tokenize_texts(tiny_llama, recs[:3])
+    tok = tokenize_texts(tiny_llama, load_coref_texts()[:3])
     Q = torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(0))).Q.T
-    X = capture_tokens(tiny_llama, tok["texts"], [0], interventions={"resid_post.0": Ablate(Q)})[0]
+    X = _capture(tiny_llama, tok["texts"], [0], config, {"resid_post.0": Ablate(Q)})[0]
     assert (X @ Q.T).abs().max() < 1e-4 and X.shape[0] == sum(tok["lengths"])
     assert tiny_llama.num_hooks() == 0
 
 
-def test_cli_help_and_layers():
-    from interp.cli import build_parser
-    from interp.commands.binding import parse_layers
+def test_config_is_checked_before_the_model_loads(tmp_path):
+    from interp.experiments.binding import Config, check_config, resolve_layers
+
+    assert resolve_layers("all", None) is None and resolve_layers("every:2", 5) == [0, 2, 4]
+    for bad, match in [(dict(layers=[9]), "layers must be"), (dict(layers="every:x"), "every:N"),
+                       (dict(layers="some"), "layers must be"), (dict(task="scene"), "task must be"),
+                       (dict(kinds=["cubic"]), "unknown probe kind"), (dict(ranks=[0]), "ranks must be"),
+                       (dict(test_fraction=1.5), "test_fraction"), (dict(texts=str(tmp_path / "no.jsonl")),
+                                                                     "no annotated texts")]:
+        with pytest.raises(InterpError, match=match):
+            check_config(Config(**bad), n_layers=4)
+
+
+def test_cli_parses_lists_and_fails_before_loading(capsys):
+    from interp.cli import build_parser, main
+    from interp.commands.binding import parse_layers, parse_ranks
 
     args = build_parser().parse_args(["binding", "m", "--out", "x", "--layers", "every:3"])
-    assert args.func is not None and args.task == "entity"
-    assert parse_layers("every:3", 24) == list(range(0, 24, 3)) and parse_layers("2,1", 4) == [1, 2]
+    assert args.func is not None and args.task == "entity" and args.kinds is None and args.ranks is None
+    args = build_parser().parse_args(["binding", "m", "--out", "x", "--layers", "3", "1", "--ranks", "2", "4",
+                                      "--kinds", "linear", "full"])
+    assert args.layers == ["3", "1"] and args.kinds == ["linear", "full"]
+    assert parse_layers(["every:3"], 24) == list(range(0, 24, 3)) and parse_layers(["2", "1"], 4) == [1, 2]
+    assert parse_layers(["2,1"], 4) == [1, 2] and parse_layers(["all"], None) == "all"
+    assert parse_ranks(["1", "2"]) == [1, 2] == parse_ranks(["1,2"])
     with pytest.raises(InterpError, match="layers must be"):
-        parse_layers("9", 4)
+        parse_layers(["9"], 4)
+    with pytest.raises(InterpError, match="integer layer indices"):
+        parse_layers(["1", "x"], 4)
+    # a packaged model's layer count is known without loading it: a bad layer fails at once
+    assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--layers", "99"]) == 2
+    assert "layers must be" in capsys.readouterr().err
+    assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--kinds", "cubic"]) == 2
 
 
 @pytest.mark.slow
 def test_entity_binding_on_smollm(smollm):
-    from interp.commands.binding import binding_experiment
+    from interp.experiments import binding
 
-    report = binding_experiment(smollm, load_coref_texts(), [12], rank=8, ranks=[], epochs=15,
-                                kinds=["linear", "lowrank"], ablation=False)
+    report = binding.run(smollm, binding.Config(layers=[12], rank=8, ranks=[], epochs=15, kinds=["linear", "lowrank"],
+                                                ablation=False)).report
     lin, low = report["accuracy"]["linear"][0], report["accuracy"]["lowrank"][0]
     assert low > lin + 0.05 and low > report["majority_baseline"] + 0.1, report["accuracy"]
 
 
 @pytest.mark.slow
 def test_entity_binding_targets_on_default_model(qwen):
-    from interp.commands.binding import binding_experiment
+    from interp.experiments import binding
 
-    report = binding_experiment(qwen, load_coref_texts(), [12], rank=16, ranks=[], kinds=["linear", "full", "lowrank"],
-                                ablation=False)
+    report = binding.run(qwen, binding.Config(layers=[12], rank=16, ranks=[], kinds=["linear", "full", "lowrank"],
+                                              ablation=False)).report
     acc = {k: v[0] for k, v in report["accuracy"].items()}
     assert acc["full"] > acc["linear"] + 0.05 and acc["full"] > report["majority_baseline"] + 0.1, acc
     assert acc["lowrank"] >= acc["full"] - 0.02, acc
+
+
+# ---------------------------------------------------------------- scikit-learn contract
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+# sklearn's generic checks feed 3- or 5-column data; a pair side by side needs an even number of columns (x then
+# y), so these fail on input shape alone. Each property is tested on even-width pairs in the test named.
+_ODD = "sklearn feeds 3/5 columns, a pair side by side needs an even number; covered by "
+SKIPPED_CHECKS = {
+    "check_fit_score_takes_y": _ODD + "test_sklearn_contract (fit(X, y), score(X, y))",
+    "check_dont_overwrite_parameters": _ODD + "test_sklearn_invariances (get_params unchanged by fit)",
+    "check_estimators_dtypes": _ODD + "test_sklearn_invariances (float32, float64, int64 input)",
+    "check_pipeline_consistency": _ODD + "test_sklearn_contract (Pipeline, cross_val_score)",
+    "check_estimators_nan_inf": _ODD + "test_sklearn_invariances (NaN/inf → InterpError)",
+    "check_estimators_pickle": _ODD + "test_sklearn_invariances (pickle round trip)",
+    "check_f_contiguous_array_estimator": _ODD + "test_sklearn_invariances (Fortran-ordered input)",
+    "check_supervised_y_2d": _ODD + "test_sklearn_invariances (column-vector y warns)",
+    "check_methods_sample_order_invariance": _ODD + "test_sklearn_invariances (shuffled rows)",
+    "check_methods_subset_invariance": _ODD + "test_sklearn_invariances (batches)",
+    "check_dict_unchanged": _ODD + "test_sklearn_invariances (predict leaves __dict__ alone)",
+    "check_fit2d_predict1d": _ODD + "test_sklearn_invariances (1-D X → InterpError)",
+}
+ESTIMATORS = [PairwiseProbe("linear", epochs=5), PairwiseProbe("diagonal", epochs=5), PairwiseProbe("full", epochs=5),
+              PairwiseProbe("lowrank", rank=1, epochs=5), SimilarityBaseline("cosine"), SimilarityBaseline("dot")]
+
+
+@parametrize_with_checks(ESTIMATORS, expected_failed_checks=lambda est: SKIPPED_CHECKS)
+def test_sklearn_check_estimator(estimator, check):
+    check(estimator)
+
+
+def side_by_side(X, ps):
+    """Pairs as rows [n, 2d]: the input form of fit(X, y)."""
+    return torch.cat([X[ps.pairs[:, 0]], X[ps.pairs[:, 1]]], 1).numpy(), ps.labels.numpy()
+
+
+@pytest.mark.parametrize("est", ESTIMATORS[1:4:2] + ESTIMATORS[4:5], ids=repr)
+def test_sklearn_invariances(planted_split, est):
+    import pickle
+    import warnings
+
+    from sklearn.base import clone
+    from sklearn.exceptions import DataConversionWarning
+
+    X, tr, te, _ = planted_split
+    (Xtr, ytr), (Xte, _) = side_by_side(X, tr), side_by_side(X, te)
+    params = clone(est).get_params()
+    est = clone(est).fit(Xtr, ytr)
+    assert est.get_params() == params and est.n_features_in_ == Xtr.shape[1] and list(est.classes_) == [0, 1]
+    state = {k: v for k, v in vars(est).items()}
+    scores = est.decision_function(Xte)
+    for method in ("predict", "decision_function", "score") + (("predict_proba",) if hasattr(est, "predict_proba")
+                                                                else ()):
+        getattr(est, method)(*((Xte, te.labels.numpy()) if method == "score" else (Xte,)))
+    assert vars(est).keys() == state.keys() and all(vars(est)[k] is v for k, v in state.items())
+    order = np.random.default_rng(0).permutation(len(Xte))
+    np.testing.assert_allclose(est.decision_function(Xte[order]), scores[order], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate([est.decision_function(b) for b in np.array_split(Xte, 4)]), scores,
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(est)).decision_function(Xte), scores)
+    np.testing.assert_allclose(est.decision_function(np.asfortranarray(Xte)), scores, rtol=1e-6)
+    for dtype in (np.float32, np.float64, np.int64):
+        assert clone(est).fit(Xtr.astype(dtype), ytr).predict(Xte.astype(dtype)).shape == (len(Xte),)
+    bad = Xtr.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InterpError, match="NaN"):
+        clone(est).fit(bad, ytr)
+    with pytest.raises(InterpError, match="2D array"):
+        est.predict(Xte[0])
+    with pytest.raises(InterpError, match="expecting 48 features"):
+        est.predict(Xte[:, :6])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clone(est).fit(Xtr, ytr[:, None])
+    assert any(issubclass(w.category, DataConversionWarning) for w in caught)
+
+
+def test_sklearn_contract(planted_split):
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, tr, te, _ = planted_split
+    (Xtr, ytr), (Xte, yte) = side_by_side(X, tr), side_by_side(X, te)
+    probe = PairwiseProbe("lowrank", rank=3, epochs=20, lr=1e-2)
+    twin = clone(probe).set_params(rank=2)
+    assert twin.get_params()["rank"] == 2 and probe.rank == 3 and not hasattr(twin, "classes_")
+    # the two input forms fit the same probe (standardization counts each distinct token once in both)
+    a = clone(probe).fit(Xtr, ytr)
+    b = clone(probe).fit(X, tr.pairs, tr.labels)
+    assert abs(a.score(Xte, yte) - b.score(X, te.pairs, te.labels)) < 0.03
+    assert b.score(Xte, yte) == b.score(X, te.pairs, te.labels)
+    pipe = make_pipeline(StandardScaler(), clone(probe))
+    cv = cross_val_score(pipe, Xtr, ytr, cv=3)
+    assert cv.shape == (3,) and cv.mean() > 0.75, cv
+    grid = GridSearchCV(PairwiseProbe(epochs=10, lr=1e-2), {"kind": ["linear", "diagonal"]}, cv=2).fit(Xtr, ytr)
+    assert grid.best_params_ == {"kind": "diagonal"}
+    # string labels: classes_ sorted, predictions in the same vocabulary
+    words = np.where(ytr == 1, "same", "other")
+    s = SimilarityBaseline("dot").fit(Xtr, words)
+    assert list(s.classes_) == ["other", "same"] and set(s.predict(Xte)) <= {"other", "same"}
+    assert s.score(Xte, np.where(yte == 1, "same", "other")) == SimilarityBaseline("dot").fit(Xtr, ytr).score(Xte, yte)
+    with pytest.raises(InterpError, match="Only binary"):
+        PairwiseProbe().fit(Xtr, np.arange(len(ytr)) % 3)
+    with pytest.raises(InterpError, match="not fitted"):
+        SimilarityBaseline().predict(Xte)

@@ -15,6 +15,18 @@ paper). ``SimilarityBaseline`` thresholds cosine similarity or the dot
 product. Every accuracy should be read beside ``majority_baseline`` and
 ``class_balance`` of the same labels.
 
+Both are scikit-learn binary classifiers and take the pairs in two forms:
+
+- ``fit(X, y)``: one row per pair, the two token vectors side by side
+  ([n_pairs, 2·d], x then y; or [n_pairs, 2, d]) — what ``Pipeline``,
+  ``cross_val_score`` and ``GridSearchCV`` pass;
+- ``fit(X, pairs, labels)``: token vectors [n_tokens, d] plus row-index pairs
+  [n_pairs, 2] (no copy of the vectors per pair) — what the experiment uses.
+
+A fitted estimator predicts from either form. Labels can be any two values
+(0/1, bools, strings); ``classes_[1]`` is the class a positive logit means.
+Outputs are numpy arrays.
+
 Example:
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
@@ -23,7 +35,9 @@ Example:
     >>> labels = torch.arange(40) % 2
     >>> probe = PairwiseProbe("diagonal", epochs=2).fit(X, pairs, labels)
     >>> probe.predict_proba(X, pairs).shape
-    torch.Size([40])
+    (40, 2)
+    >>> probe.predict(torch.cat([X[pairs[:, 0]], X[pairs[:, 1]]], 1)).shape  # the same pairs, side by side
+    (40,)
 """
 from __future__ import annotations
 
@@ -31,6 +45,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from ..errors import InterpError
@@ -38,10 +54,29 @@ from ..errors import InterpError
 KINDS = ("linear", "diagonal", "full", "lowrank")
 
 
-def _as_float(X, what: str = "X") -> torch.Tensor:
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X)
-    if X.dim() != 2:
-        raise InterpError(f"{what} must be a 2-D array [n_tokens, d], got shape {tuple(X.shape)}")
+class NotFitted(InterpError, NotFittedError):
+    """Predicting before ``fit``: an InterpError that scikit-learn also recognizes as ``NotFittedError``."""
+
+
+def _as_float(X, what: str = "X", pair_rows: bool = False) -> torch.Tensor:
+    """A float32 tensor [n, d] (or [n, 2, d] when ``pair_rows``), checked for NaN/inf.
+
+    Torch tensors are used as they are (no copy when already float32); anything
+    else goes through scikit-learn's ``check_array`` for its usual checks.
+    """
+    if not isinstance(X, torch.Tensor):
+        from sklearn.utils import check_array
+
+        try:
+            X = check_array(X, dtype=(np.float64, np.float32), allow_nd=pair_rows, ensure_min_samples=1,
+                            input_name=what)
+        except ValueError as e:
+            raise InterpError(f"{e} ({what} must be real numbers, dense, [n_tokens, d] or pairs side by side)") \
+                from None
+        X = torch.as_tensor(X)
+    if not (X.dim() == 2 or (pair_rows and X.dim() == 3)):
+        raise InterpError(f"{what} must be a 2-D array [n_tokens, d] (or [n_pairs, 2·d], [n_pairs, 2, d] for pairs "
+                          f"side by side), got shape {tuple(X.shape)}")
     if not torch.is_floating_point(X):
         X = X.float()
     if not torch.isfinite(X).all():
@@ -49,8 +84,8 @@ def _as_float(X, what: str = "X") -> torch.Tensor:
     return X.detach().float()
 
 
-def check_pairs(X: torch.Tensor, pairs, labels=None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Validate ``pairs`` [n_pairs, 2] (row indices of X) and optional 0/1 ``labels`` [n_pairs]."""
+def check_pairs(X: torch.Tensor, pairs, labels=None) -> tuple[torch.Tensor, np.ndarray | None]:
+    """Validate ``pairs`` [n_pairs, 2] (row indices of X) and optional ``labels`` [n_pairs] (returned as numpy)."""
     pairs = torch.as_tensor(np.asarray(pairs) if not isinstance(pairs, torch.Tensor) else pairs)
     if pairs.dim() != 2 or pairs.shape[1] != 2:
         raise InterpError(f"pairs must be [n_pairs, 2] row indices into X, got shape {tuple(pairs.shape)}")
@@ -64,13 +99,127 @@ def check_pairs(X: torch.Tensor, pairs, labels=None) -> tuple[torch.Tensor, torc
                           f"pairs must index rows of the X passed alongside them")
     if labels is None:
         return pairs, None
-    labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels).flatten()
-    if labels.shape[0] != pairs.shape[0]:
-        raise InterpError(f"got {pairs.shape[0]} pairs but {labels.shape[0]} labels; give one label per pair")
-    values = set(torch.unique(labels).tolist())
-    if not values <= {0, 1, 0.0, 1.0, True, False}:
-        raise InterpError(f"labels must be 0/1 (same object or not), got values {sorted(values)[:5]}")
-    return pairs, labels.float()
+    return pairs, _labels_1d(labels, pairs.shape[0])
+
+
+def _labels_1d(labels, n: int | None = None) -> np.ndarray:
+    from sklearn.utils.multiclass import type_of_target
+    from sklearn.utils.validation import column_or_1d
+
+    if labels is None:
+        raise InterpError("this estimator requires y to be passed, but the target y is None: give one label per pair")
+    y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
+    y = column_or_1d(y, warn=True) if y.ndim == 2 and y.shape[1] == 1 else y
+    if y.ndim != 1:
+        raise InterpError(f"labels must be 1-D, one per pair, got shape {y.shape}")
+    if n is not None and y.shape[0] != n:
+        raise InterpError(f"got {n} pairs but {y.shape[0]} labels; give one label per pair")
+    if y.size and type_of_target(y) == "continuous":
+        raise InterpError("Unknown label type: continuous; labels must be two classes (e.g. 0/1, or strings)")
+    return y
+
+
+def _pair_rows(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pairs side by side ([n, 2·d] or [n, 2, d]) → token rows [2n, d] and pairs [n, 2] indexing them."""
+    n = X.shape[0]
+    if X.dim() == 3:
+        if X.shape[1] != 2:
+            raise InterpError(f"pairs side by side must be [n_pairs, 2, d], got shape {tuple(X.shape)}")
+    elif X.shape[1] % 2:
+        raise InterpError(f"pairs side by side need an even number of columns (x then y), got {X.shape[1]} "
+                          f"feature(s); or pass token vectors with pairs=")
+    if n == 0:
+        raise InterpError("there are no pairs (X has 0 rows)")
+    return X.reshape(2 * n, -1), torch.arange(2 * n).reshape(n, 2)
+
+
+class _PairEstimator(ClassifierMixin, BaseEstimator):
+    """Input handling shared by the pair classifiers: pairs side by side, or token vectors + row-index pairs."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_class = False  # "same object or not" is binary
+        # the probes read a relation between a row's two halves; generic data (class in each feature) is not that
+        tags.classifier_tags.poor_score = True
+        return tags
+
+    def _fit_input(self, X, y, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(tokens, pairs, 0/1 float targets); sets ``classes_`` and ``n_features_in_`` (a pair's features, 2·d)."""
+        if labels is None:  # fit(X, y): one row per pair
+            classes = self._set_classes(_labels_1d(y))
+            X = _as_float(X, pair_rows=True)
+            tokens, pairs = _pair_rows(X)
+            y = _labels_1d(y, pairs.shape[0])
+            # a token shared by several pairs counts once in the standardization, as with row-index pairs
+            tokens, inverse = torch.unique(tokens, dim=0, return_inverse=True)
+            pairs = inverse[pairs]
+        else:  # fit(tokens, pairs, labels)
+            tokens = _as_float(X)
+            pairs, y = check_pairs(tokens, y, labels)
+            classes = self._set_classes(y)
+        self.n_features_in_ = 2 * tokens.shape[1]
+        return tokens, pairs, torch.from_numpy((y == classes[1]).astype(np.float32))
+
+    def _set_classes(self, y: np.ndarray) -> np.ndarray:
+        classes = np.unique(y)
+        if len(classes) < 2:
+            what = f"{classes[0]!r}" if len(classes) else "missing"
+            raise InterpError(f"all {len(y)} training labels are {what} (one class only); a pairwise probe needs "
+                              f"both same-object (1) and different-object (0) pairs")
+        if len(classes) > 2:
+            raise InterpError(f"Only binary classification is supported: labels take {len(classes)} values, a "
+                              f"pairwise probe tells same object from not")
+        self.classes_ = classes
+        return classes
+
+    def _input(self, X, pairs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens, pairs) for predicting, with the feature count checked against the fit."""
+        if not hasattr(self, "classes_"):
+            raise NotFitted(f"this {type(self).__name__} is not fitted yet; call fit(X, y) or fit(X, pairs, labels) "
+                            f"first")
+        d = self.n_features_in_ // 2
+        if pairs is not None:
+            X = _as_float(X)
+            if X.shape[1] != d:
+                raise InterpError(f"X has {X.shape[1]} features but the probe was fitted on {d}")
+            return X, check_pairs(X, pairs)[0]
+        X = _as_float(X, pair_rows=True)
+        width = X.shape[1] if X.dim() == 2 else X.shape[1] * X.shape[2]
+        if width != 2 * d:
+            raise InterpError(f"X has {width} features, but {type(self).__name__} is expecting {2 * d} features as "
+                              f"input (a pair's two token vectors side by side; or token vectors of {d} features with "
+                              f"pairs=)")
+        return _pair_rows(X)
+
+    def _decide(self, tokens: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def decision_function(self, X, pairs=None) -> np.ndarray:
+        """Scores [n_pairs]: > 0 means ``classes_[1]`` (same object)."""
+        return self._decide(*self._input(X, pairs)).numpy()
+
+    def predict(self, X, pairs=None) -> np.ndarray:
+        """The class of each pair [n_pairs] (0/1 for 0/1 labels)."""
+        positive = (self._decide(*self._input(X, pairs)) > 0).long().numpy()
+        return self.classes_[positive]
+
+    def score(self, X, y, labels=None) -> float:
+        """Accuracy on labelled pairs: ``score(X, y)`` or ``score(tokens, pairs, labels)``.
+
+        Read it beside ``majority_baseline`` of the same labels.
+        """
+        if labels is None:
+            tokens, pairs = self._input(X, None)
+            labels = _labels_1d(y, pairs.shape[0])
+        else:
+            tokens, pairs = self._input(X, y)
+            labels = _labels_1d(labels, pairs.shape[0])
+        return self._accuracy(tokens, pairs, labels)
+
+    def _accuracy(self, tokens: torch.Tensor, pairs: torch.Tensor, labels: np.ndarray) -> float:
+        hit = self.classes_[(self._decide(tokens, pairs) > 0).long().numpy()] == labels
+        # a float32 mean, as every accuracy in the reports so far was computed
+        return float(torch.from_numpy(hit).float().mean())
 
 
 def class_balance(labels) -> float:
@@ -95,12 +244,6 @@ def majority_baseline(labels) -> float:
     """
     p = class_balance(labels)
     return max(p, 1.0 - p)
-
-
-def _one_class_check(labels: torch.Tensor) -> None:
-    if labels.min() == labels.max():
-        raise InterpError(f"all {labels.shape[0]} training labels are {int(labels[0])}; a pairwise probe needs "
-                          f"both same-object (1) and different-object (0) pairs")
 
 
 class _Scorer(nn.Module):
@@ -137,21 +280,23 @@ class _Scorer(nn.Module):
         return ((ax * by).sum(-1) + (bx * ay).sum(-1)) / 2 + self.b
 
 
-class PairwiseProbe:
-    """A probe on pairs of token vectors: logit(same object | x, y).
+class PairwiseProbe(_PairEstimator):
+    """A probe on pairs of token vectors: logit(same object | x, y); a scikit-learn binary classifier.
 
     Parameters: ``kind`` in linear, diagonal, full, lowrank; ``rank`` (lowrank
     only, 1 <= rank <= d); Adam ``lr`` and ``weight_decay``; ``epochs``;
     ``batch_size`` (pairs per step); ``seed``.
 
-    Fitted: ``mean_``, ``scale_`` (standardization from training tokens),
-    ``d_``, ``train_accuracy_``, ``losses_`` (per epoch), ``class_balance_``,
-    ``majority_baseline_`` (of the training labels) and the parameters
-    ``w_`` / ``W_`` / ``A_``, ``B_`` and ``b_``.
+    Fitted: ``classes_``, ``n_features_in_`` (2·d: a pair side by side),
+    ``mean_``, ``scale_`` (standardization from the training tokens, each token
+    once), ``d_``, ``train_accuracy_``, ``losses_`` (per epoch),
+    ``class_balance_``, ``majority_baseline_`` (of the training labels) and the
+    parameters ``w_`` / ``W_`` / ``A_``, ``B_`` (numpy) and ``b_``.
 
     Example:
         probe = PairwiseProbe("lowrank", rank=8).fit(X_train, pairs_train, y_train)
         probe.score(X_test, pairs_test, y_test)  # accuracy; compare with majority_baseline(y_test)
+        cross_val_score(PairwiseProbe("diagonal"), pair_features, y, cv=3)  # pairs side by side
     """
 
     def __init__(self, kind: str = "full", rank: int | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
@@ -178,22 +323,17 @@ class PairwiseProbe:
             raise InterpError("epochs and batch_size must be >= 1, lr > 0 and weight_decay >= 0")
 
     def _z(self, X: torch.Tensor) -> torch.Tensor:
-        if not hasattr(self, "mean_"):
-            raise InterpError("this probe is not fitted yet; call fit(X, pairs, labels) first")
-        if X.shape[1] != self.d_:
-            raise InterpError(f"X has {X.shape[1]} features but the probe was fitted on {self.d_}")
-        return (X - self.mean_) / self.scale_
+        return (X - torch.from_numpy(self.mean_)) / torch.from_numpy(self.scale_)
 
-    def fit(self, X, pairs, labels) -> "PairwiseProbe":
-        X = _as_float(X)
-        pairs, y = check_pairs(X, pairs, labels)
-        self._check_params(X.shape[1])
-        _one_class_check(y)
+    def fit(self, X, y, labels=None) -> "PairwiseProbe":
+        """``fit(X, y)`` with pairs side by side, or ``fit(tokens, pairs, labels)``; returns self."""
+        tokens, pairs, target = self._fit_input(X, y, labels)
+        self._check_params(tokens.shape[1])
         rows = torch.unique(pairs.flatten())
-        self.d_ = X.shape[1]
-        self.mean_ = X[rows].mean(0)
-        self.scale_ = X[rows].std(0).clamp(min=1e-6)
-        Z = self._z(X)
+        self.d_ = tokens.shape[1]
+        self.mean_ = tokens[rows].mean(0).numpy()
+        self.scale_ = tokens[rows].std(0).clamp(min=1e-6).numpy()
+        Z = self._z(tokens)
         gen = torch.Generator().manual_seed(self.seed)
         net = _Scorer(self.kind, self.d_, self.rank, gen)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
@@ -206,7 +346,7 @@ class PairwiseProbe:
             for s in range(0, n, self.batch_size):
                 idx = order[s:s + self.batch_size]
                 p = pairs[idx]
-                loss = loss_fn(net(Z[p[:, 0]], Z[p[:, 1]]), y[idx])
+                loss = loss_fn(net(Z[p[:, 0]], Z[p[:, 1]]), target[idx])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -215,39 +355,32 @@ class PairwiseProbe:
         self.net_ = net.eval()
         self.b_ = float(net.b.detach())
         if self.kind in ("linear", "diagonal"):
-            self.w_ = net.w.detach().clone()
+            self.w_ = net.w.detach().numpy().copy()
         if self.kind in ("full", "lowrank", "diagonal"):
-            self.W_ = net.W().detach().clone()
+            self.W_ = net.W().detach().numpy().copy()
         if self.kind == "lowrank":
-            self.A_, self.B_ = net.A.detach().clone(), net.B.detach().clone()
-        self.class_balance_ = class_balance(y)
-        self.majority_baseline_ = majority_baseline(y)
-        self.train_accuracy_ = self.score(X, pairs, y)
+            self.A_, self.B_ = net.A.detach().numpy().copy(), net.B.detach().numpy().copy()
+        y01 = target.numpy()
+        self.class_balance_ = class_balance(y01)
+        self.majority_baseline_ = majority_baseline(y01)
+        self.train_accuracy_ = self._accuracy(tokens, pairs, self.classes_[y01.astype(np.int64)])
         return self
 
-    def decision_function(self, X, pairs) -> torch.Tensor:
-        """Logits [n_pairs]: > 0 means 'same object'."""
-        X = _as_float(X)
-        pairs, _ = check_pairs(X, pairs)
-        Z = self._z(X)
+    def _decide(self, tokens: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        Z = self._z(tokens)
         with torch.no_grad():
             return self.net_(Z[pairs[:, 0]], Z[pairs[:, 1]])
 
-    def predict_proba(self, X, pairs) -> torch.Tensor:
-        """P(same object) per pair [n_pairs]."""
-        return torch.sigmoid(self.decision_function(X, pairs))
+    def decision_function(self, X, pairs=None) -> np.ndarray:
+        """Logits [n_pairs]: > 0 means 'same object' (``classes_[1]``)."""
+        return super().decision_function(X, pairs)
 
-    def predict(self, X, pairs) -> torch.Tensor:
-        """0/1 per pair."""
-        return (self.decision_function(X, pairs) > 0).long()
+    def predict_proba(self, X, pairs=None) -> np.ndarray:
+        """[n_pairs, 2]: P(``classes_[0]``), P(``classes_[1]``, same object) per pair."""
+        p = torch.sigmoid(self._decide(*self._input(X, pairs))).numpy()
+        return np.stack([1 - p, p], axis=1)
 
-    def score(self, X, pairs, labels) -> float:
-        """Accuracy on labelled pairs (read it beside ``majority_baseline(labels)``)."""
-        X = _as_float(X)
-        pairs, y = check_pairs(X, pairs, labels)
-        return float((self.predict(X, pairs).float() == y).float().mean())
-
-    def subspace(self) -> torch.Tensor:
+    def subspace(self) -> np.ndarray:
         """Orthonormal basis [k, d] (raw, unstandardized coordinates) of the space the probe reads.
 
         For ``lowrank`` it is the span of the rows of A and B (k <= 2r); for
@@ -256,25 +389,26 @@ class PairwiseProbe:
         a direction u in z-space is u / scale in x-space.
         """
         if not hasattr(self, "net_"):
-            raise InterpError("this probe is not fitted yet; call fit(X, pairs, labels) first")
+            raise NotFitted("this probe is not fitted yet; call fit(X, pairs, labels) first")
         if self.kind == "linear":
-            M = self.w_[None]
+            M = torch.from_numpy(self.w_)[None]
         elif self.kind == "lowrank":
-            M = torch.cat([self.A_, self.B_])
+            M = torch.cat([torch.from_numpy(self.A_), torch.from_numpy(self.B_)])
         else:
-            evals, evecs = torch.linalg.eigh(self.W_.double())
+            evals, evecs = torch.linalg.eigh(torch.from_numpy(self.W_).double())
             keep = evals.abs() > 1e-6 * evals.abs().max()
             M = evecs[:, keep].T.float()
-        M = M / self.scale_[None]
+        M = M / torch.from_numpy(self.scale_)[None]
         u, s, vh = torch.linalg.svd(M.double(), full_matrices=False)
-        return vh[s > 1e-8 * s.max()].float()
+        return vh[s > 1e-8 * s.max()].float().numpy()
 
 
-class SimilarityBaseline:
+class SimilarityBaseline(_PairEstimator):
     """Threshold on cosine similarity or the dot product of raw vectors (no learned map).
 
-    The threshold maximizes training accuracy. Fitted: ``threshold_``,
-    ``class_balance_``, ``majority_baseline_``, ``train_accuracy_``.
+    The threshold maximizes training accuracy. Fitted: ``classes_``,
+    ``n_features_in_``, ``threshold_``, ``class_balance_``,
+    ``majority_baseline_``, ``train_accuracy_``.
 
     Example:
         >>> import torch
@@ -287,24 +421,27 @@ class SimilarityBaseline:
     def __init__(self, kind: str = "cosine"):
         self.kind = kind
 
-    def similarity(self, X, pairs) -> torch.Tensor:
-        """The raw similarity of each pair [n_pairs]."""
-        X = _as_float(X)
-        pairs, _ = check_pairs(X, pairs)
-        x, y = X[pairs[:, 0]], X[pairs[:, 1]]
+    def _similarity(self, tokens: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        x, y = tokens[pairs[:, 0]], tokens[pairs[:, 1]]
         if self.kind == "cosine":
             return torch.nn.functional.cosine_similarity(x, y, dim=-1)
         if self.kind == "dot":
             return (x * y).sum(-1)
         raise InterpError(f"unknown baseline {self.kind!r}; use 'cosine' or 'dot'")
 
-    def fit(self, X, pairs, labels) -> "SimilarityBaseline":
+    def similarity(self, X, pairs=None) -> np.ndarray:
+        """The raw similarity of each pair [n_pairs] (pairs side by side, or tokens + ``pairs``)."""
+        if pairs is None:
+            return self._similarity(*_pair_rows(_as_float(X, pair_rows=True))).numpy()
         X = _as_float(X)
-        pairs, y = check_pairs(X, pairs, labels)
-        _one_class_check(y)
-        s = self.similarity(X, pairs)
+        return self._similarity(X, check_pairs(X, pairs)[0]).numpy()
+
+    def fit(self, X, y, labels=None) -> "SimilarityBaseline":
+        """``fit(X, y)`` with pairs side by side, or ``fit(tokens, pairs, labels)``; returns self."""
+        tokens, pairs, target = self._fit_input(X, y, labels)
+        s = self._similarity(tokens, pairs)
         order = torch.argsort(s)
-        s_sorted, y_sorted = s[order], y[order]
+        s_sorted, y_sorted = s[order], target[order]
         # threshold between consecutive sorted scores: accuracy = negatives below + positives above
         neg_below = torch.cat([torch.zeros(1), torch.cumsum(1 - y_sorted, 0)])
         pos_above = y_sorted.sum() - torch.cat([torch.zeros(1), torch.cumsum(y_sorted, 0)])
@@ -312,20 +449,15 @@ class SimilarityBaseline:
         lo = s_sorted[best - 1] if best > 0 else s_sorted[0] - 1
         hi = s_sorted[best] if best < len(s_sorted) else s_sorted[-1] + 1
         self.threshold_ = float((lo + hi) / 2)
-        self.class_balance_ = class_balance(y)
-        self.majority_baseline_ = majority_baseline(y)
-        self.train_accuracy_ = self.score(X, pairs, y)
+        y01 = target.numpy()
+        self.class_balance_ = class_balance(y01)
+        self.majority_baseline_ = majority_baseline(y01)
+        self.train_accuracy_ = self._accuracy(tokens, pairs, self.classes_[y01.astype(np.int64)])
         return self
 
-    def predict(self, X, pairs) -> torch.Tensor:
-        if not hasattr(self, "threshold_"):
-            raise InterpError("this baseline is not fitted yet; call fit(X, pairs, labels) first")
-        return (self.similarity(X, pairs) > self.threshold_).long()
-
-    def score(self, X, pairs, labels) -> float:
-        X = _as_float(X)
-        pairs, y = check_pairs(X, pairs, labels)
-        return float((self.predict(X, pairs).float() == y).float().mean())
+    def _decide(self, tokens: torch.Tensor, pairs: torch.Tensor) -> torch.Tensor:
+        # float32 minus the threshold: > 0 exactly where similarity > threshold (both in float32)
+        return self._similarity(tokens, pairs) - self.threshold_
 
 
 def evaluate_kinds(X_train, pairs_train, y_train, X_test, pairs_test, y_test,

@@ -5,11 +5,13 @@ Two sources:
 - text: ``data/coref_texts.jsonl`` holds short texts whose entities are
   annotated as character spans (entity id → list of [start, end) spans), so
   the annotation does not depend on a tokenizer; ``entity_groups`` maps them
-  to token indices through the tokenizer's offsets. ``word_groups`` groups
-  the sub-word tokens of each whitespace-separated word.
+  to token indices through the tokenizer's offsets (``tokenize_texts`` does
+  it for a model). ``word_groups`` groups the sub-word tokens of each
+  whitespace-separated word.
 - images: ``shapes_dataset`` draws separate coloured rectangles; a patch's
   object is the majority object under it (``patch_groups``), and
-  ``vit_hidden_states`` reads the patch tokens of a ``transformers.ViTModel``.
+  ``vit_hidden_states`` reads the patch tokens of a ``transformers.ViTModel``
+  (``interp.testing.tiny_vit`` builds a random-weight one).
 
 ``sample_pairs`` turns per-unit (text or image) group labels into balanced
 positive/negative pairs. Each anchor token gets as many same-object as
@@ -114,6 +116,34 @@ def word_groups(text: str, offsets: Sequence[tuple[int, int]]) -> np.ndarray:
             groups[toks] = w
         taken.update(toks)
     return groups
+
+
+def tokenize_texts(model, records: Sequence[dict]) -> dict:
+    """Token ids and per-token entity / mention / word groups of each annotated text.
+
+    Returns ``{"texts", "ids", "entity", "mention", "word", "lengths"}`` (one entry per text). The ids
+    come from the tokenizer's offsets and are checked against ``model.encode(chat=False)``, so they are
+    the tokens a capture of the same texts sees.
+
+    Example:
+        tok = tokenize_texts(model, load_coref_texts()[:2])
+        tok["entity"][0]   # entity index per token, -1 outside any entity
+    """
+    texts = [r["text"] for r in records]
+    enc = model.encode(texts, chat=False)
+    out: dict = {"texts": texts, "ids": [], "entity": [], "mention": [], "word": []}
+    for i, r in enumerate(records):
+        ids, offsets = token_offsets(model.tokenizer, r["text"])
+        if ids != enc.ids[i]:
+            raise InterpError(f"text {i}: tokenizing with offsets gave different tokens than model.encode; the "
+                              f"tokenizer must be a fast tokenizer that adds the same special tokens")
+        g, m = entity_groups(offsets, r["entities"])
+        out["ids"].append(ids)
+        out["entity"].append(g)
+        out["mention"].append(m)
+        out["word"].append(word_groups(r["text"], offsets))
+    out["lengths"] = [len(x) for x in out["ids"]]
+    return out
 
 
 # ------------------------------------------------------------------ pairs
@@ -255,16 +285,6 @@ def patch_groups(masks: torch.Tensor, patch: int, background: int | None = 0) ->
     if background is not None:
         out[out == background] = -1
     return out
-
-
-def tiny_vit(image_size: int = 32, patch_size: int = 8, hidden_size: int = 32, n_layers: int = 2, seed: int = 0):
-    """A random-weight ``transformers.ViTModel`` (no download), for tests and examples."""
-    from transformers import ViTConfig, ViTModel
-
-    cfg = ViTConfig(image_size=image_size, patch_size=patch_size, hidden_size=hidden_size, num_hidden_layers=n_layers,
-                    num_attention_heads=4, intermediate_size=2 * hidden_size, num_channels=3)
-    torch.manual_seed(seed)
-    return ViTModel(cfg, add_pooling_layer=False).eval()
 
 
 def vit_hidden_states(vit, images: torch.Tensor, layers: Sequence[int] | None = None,
