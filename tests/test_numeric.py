@@ -199,10 +199,11 @@ def test_flip_edit_equals_the_hand_written_edit(tiny_llama):
     enc = tiny_llama.encode(prompts)
     batch = tiny_llama.pad(enc.ids)
     width = batch["input_ids"].shape[1]
-    cols = torch.tensor([width - len(ids) + p[0] for ids, (p) in zip(enc.ids, pos)])
+    cols = torch.tensor([width - len(ids) + p[0] for ids, p in zip(enc.ids, pos)])
     up = [True, False, False, True, True, False]
     sign = torch.where(torch.tensor(up), 1.0, -1.0)
-    v = torch.nn.functional.normalize(torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0)), dim=0)
+    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0))
+    v = v / v.norm()
     with recording(tiny_llama, "resid_post.0") as rec:
         tiny_llama.last_logits(batch)
     h = rec["resid_post.0"]
@@ -358,3 +359,21 @@ def test_command_validates_before_loading_the_model(monkeypatch):
         args = parse(["numeric", "smollm2-135m-instruct", "--attribute", "birth_year", "--out", "o", *argv])
         with pytest.raises(InterpError, match=match):
             args.func(args)
+
+
+def test_probe_script_calls_the_experiment(tiny_llama, tmp_path, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import interp.loading
+
+    monkeypatch.setattr(interp.loading, "load_model", lambda name: tiny_llama)
+    path = Path(__file__).parents[1] / "probes" / "numeric_subspace.py"
+    spec = importlib.util.spec_from_file_location("numeric_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    rc = probe.main(["tiny", "--attributes", "atomic_number", "--out", str(tmp_path), "--no-filter",
+                     "--max-entities", "20", "--flip-layers", "0", "--alphas", "0.5", "--pairs", "4", "--seeds", "1"])
+    assert rc == 0 and (tmp_path / "atomic_number" / "report.json").exists()
+    assert "atomic_number" in capsys.readouterr().out
+    assert probe.main(["tiny", "--attributes", "shoe_size", "--out", str(tmp_path)]) == 2

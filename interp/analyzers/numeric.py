@@ -188,7 +188,9 @@ def _baseline_predict(kind: str, Xtr, ytr, Xte, n_components: int, rng: np.rando
     if kind == "ridge":
         est = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-1, 5, 13)))
     elif kind == "pca_linear":
-        est = make_pipeline(StandardScaler(), PCA(n_components=min(n_components, *Xtr.shape)), LinearRegression())
+        # the full SVD: "auto" picks the randomized solver for wide X, unseeded, so R² moved between runs
+        pca = PCA(n_components=min(n_components, *Xtr.shape), svd_solver="full")
+        est = make_pipeline(StandardScaler(), pca, LinearRegression())
     elif kind == "shuffled":  # same PLS on permuted targets: what chance structure alone scores
         return NumericSubspace(n_components).fit(Xtr, rng.permutation(ytr)).predict(Xte)
     else:

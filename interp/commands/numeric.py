@@ -36,7 +36,8 @@ def add_parser(sub) -> None:
     p.add_argument("--components", type=int, default=5, help="PLS components (default 5, as in the paper)")
     p.add_argument("--folds", type=int, default=5, help="entity-held-out folds (default 5)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for folds, prompts and random directions (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed for folds, prompts and random directions (default 0)")
     p.set_defaults(func=run)
 
 

@@ -241,8 +241,8 @@ def _result(model, config: Config, out, report: dict, sw: Stopwatch) -> Result:
         Headline("baseline accuracy on the comparison prompts", flip["baseline_accuracy"], split_flip,
                  note=f"Yes rate {flip['baseline_yes_rate']:.2f}"),
     ]
-    conclusion = (f"{model.name}, attribute {report['attribute']}: the residual stream at the entity's last token predicts "
-                  f"{report['target']} of held-out entities with R² {report['best_r2']:.3f} at layer "
+    conclusion = (f"{model.name}, attribute {report['attribute']}: the residual stream at the entity's last token "
+                  f"predicts {report['target']} of held-out entities with R² {report['best_r2']:.3f} at layer "
                   f"{report['best_layer']} ({'meets' if r2_met else 'misses'} the target of {TARGETS['r2']}); "
                   f"moving along the PLS direction at layer {report['best_flip_layer']} with α "
                   f"{report['best_flip_alpha']} flips {report['flip_rate_pls']:.3f} of the answers against "
