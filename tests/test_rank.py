@@ -17,10 +17,52 @@ def test_rank_of_low_rank_data_and_ci():
     low = torch.randn(3000, 8, generator=g) @ torch.randn(8, 32, generator=g)
     est = EffectiveRank(n_bootstrap=20).fit(low + 0.001 * torch.randn(3000, 32, generator=g))
     assert est.k_ <= 8 and est.d_ == 32 and est.relative_k_ == est.k_ / 32
-    lo, hi = est.ci_
-    assert lo <= est.relative_k_ <= hi + 1e-9
     full = EffectiveRank(n_bootstrap=0).fit(torch.randn(3000, 32, generator=g))
     assert full.k_ >= 28
+
+
+def _passages(n_passages=80, tokens=30, d=24, seed=0, offset=2.0):
+    """Each passage has its own offset (between-passage variance), tokens share a 12-direction basis."""
+    basis = torch.randn(12, d, generator=torch.Generator().manual_seed(100))
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(3.0, 0.05, 12)
+    rows = [(torch.randn(tokens, 12, generator=g) * scales) @ basis + torch.randn(d, generator=g) * offset
+            for _ in range(n_passages)]
+    return torch.cat(rows), torch.arange(n_passages).repeat_interleave(tokens).numpy()
+
+
+def test_group_bootstrap_deals_whole_passages_into_blocks():
+    from interp.analyzers.rank import _block_of_group
+
+    block, nb = _block_of_group(80, 40, 1)
+    assert nb == 40 and sorted(set(block.tolist())) == list(range(40))
+    assert all((block == b).sum() == 2 for b in range(40))  # 80 passages dealt evenly, none split
+    X, groups = _passages()
+    est = EffectiveRank(n_bootstrap=40, n_blocks=40, seed=1).fit(X, groups=groups)
+    assert est.n_groups_ == 80 and est.n_blocks_ == 40 and len(est.bootstrap_k_) == 40
+    with pytest.raises(InterpError, match="one group per row"):
+        EffectiveRank().fit(X, groups=groups[:-1])
+
+
+def test_passage_bootstrap_is_wider_than_a_token_bootstrap():
+    """Tokens of a passage share its offset; a token bootstrap sees none of the spread between passages."""
+    X, groups = _passages(seed=0)
+    by_passage = EffectiveRank(n_bootstrap=40, seed=1).fit(X, groups=groups)
+    by_token = EffectiveRank(n_bootstrap=40, seed=1).fit(X)
+    # measured: sd of resample k 0.26 by passage, 0.0 by token
+    assert by_passage.bootstrap_k_.std() > by_token.bootstrap_k_.std() + 0.1
+
+
+def test_bias_corrected_interval_moves_toward_the_large_sample_value():
+    """k99 grows with the number of passages: the percentile interval sits low, the basic interval corrects it."""
+    X, groups = _passages(seed=0)
+    est = EffectiveRank(n_bootstrap=40, seed=1).fit(X, groups=groups)
+    big = EffectiveRank(n_bootstrap=0).fit(_passages(3000, 10, seed=99)[0]).relative_k_
+    # measured: point 0.792, percentile (0.749, 0.792), basic (0.792, 0.834), 3,000 passages 0.875
+    assert est.bootstrap_bias_ < 0 and est.relative_k_ < big
+    pct_mid, basic_mid = sum(est.ci_) / 2, sum(est.ci_bias_corrected_) / 2
+    assert abs(basic_mid - big) < abs(pct_mid - big) - 0.02
+    assert est.ci_bias_corrected_[0] == pytest.approx(2 * est.relative_k_ - est.ci_[1])
 
 
 def test_store_streaming_matches_in_memory(tmp_path, tiny_llama):
@@ -67,9 +109,8 @@ def test_rank_cli_on_smollm(tmp_path):
     r = json.loads((tmp_path / "report.json").read_text())
     assert r["layers"] == [2, 5] and set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
     assert r["n_tokens"] > 576  # more tokens than dimensions, else the estimate is refused
-    for name, rel in r["relative_k99"].items():
-        for v, (lo, hi) in zip(rel, r["ci"][name]):
-            assert 0 < v <= 1 and lo <= hi
+    assert r["protocol"]["selected_on"] == "validation" and r["protocol"]["split_unit"] == "passage"
+    assert all(h["split"].startswith("test") for h in r["summary"])
     assert (tmp_path / "report.html").stat().st_size > 10_000
 
 
@@ -129,7 +170,7 @@ def test_rank_experiment_on_tiny_model(tmp_path, tiny_llama, monkeypatch):
     from interp.experiments import rank
 
     monkeypatch.setattr(rank, "passages_for", lambda tok, n, max_tokens: _TEXTS[:n])
-    cfg = rank.Config(layers=[0, 1], passages=24, max_tokens=32, bootstrap=3, progress=False)
+    cfg = rank.Config(layers=[0, 1], passages=24, max_tokens=32, bootstrap=3, bootstrap_blocks=5, progress=False)
     result = rank.run(tiny_llama, cfg, out=tmp_path)
     r = json.loads((tmp_path / "report.json").read_text())
     for key in ("threshold", "positions", "n_passages", "max_tokens", "n_tokens", "layers", "relative_k99", "k99",
@@ -140,14 +181,34 @@ def test_rank_experiment_on_tiny_model(tmp_path, tiny_llama, monkeypatch):
     from interp.analyzers.rank import fit_store_sites
     from interp.store import ActivationStore
 
-    fits = fit_store_sites(ActivationStore(tmp_path / "store"), n_bootstrap=3)
+    fits = fit_store_sites(ActivationStore(tmp_path / "store_test"), n_bootstrap=3, n_blocks=5)
     assert r["k99"]["mlp_out"] == [fits["mlp_out.0"].k_, fits["mlp_out.1"].k_]
+    assert r["ci"]["mlp_out"][0] == list(fits["mlp_out.0"].ci_)
+    # the protocol: split by passage, test read for the numbers, no passage on two sides
+    p = r["protocol"]
+    assert p["split_unit"] == "passage" and p["selected_on"] == "validation" and p["seed"] == 0
+    assert p["n_train"] + p["n_val"] + p["n_test"] == 24 and r["n_test_passages"] == p["n_test"]
+    test_store, val_store = ActivationStore(tmp_path / "store_test"), ActivationStore(tmp_path / "store_val")
+    assert not set(test_store.manifest["prompt_hashes"]) & set(val_store.manifest["prompt_hashes"])
+    assert test_store.n_examples == p["n_test"] and r["validation"]["n_passages"] == p["n_val"]
     assert {"k99_per_layer", "spectra"} <= set(result.figures)
     names = [h["name"] for h in r["summary"]]
     assert any(n.startswith("attn_out") for n in names) and any("mlp_out − attn_out" in n for n in names)
-    assert all(h["split"].startswith("corpus passages") for h in r["summary"])
+    assert all(h["split"].startswith("test (") for h in r["summary"])
     # without out nothing is written and the temporary store is gone
     assert rank.run(tiny_llama, cfg).report["k99"] == r["k99"]
+    # another seed is another split; a seed sweep reports mean ± spread of each headline
+    from dataclasses import replace
+
+    swept = rank.run(tiny_llama, replace(cfg, seeds=[0, 1]), out=tmp_path / "sweep")
+    s = json.loads((tmp_path / "sweep" / "report.json").read_text())
+    gap = "mlp_out − attn_out k99/d, mean over layers"
+    per_seed = s["seeds"]["headlines"][gap]["per_seed"]
+    assert set(per_seed) == {"0", "1"} and s["protocol"]["seeds"] == [0, 1]
+    assert per_seed["0"] == next(h["value"] for h in r["summary"] if h["name"] == gap)
+    mean = sum(per_seed.values()) / 2
+    assert abs(next(h.value for h in swept.headlines if h.name == gap) - mean) < 1e-12
+    assert (tmp_path / "sweep" / "seed_1" / "report.json").exists()
 
 
 def test_rank_command_validates_before_loading(tmp_path, monkeypatch):
