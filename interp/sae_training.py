@@ -48,6 +48,8 @@ from .errors import InterpError
 
 KINDS = ("standard", "topk", "batchtopk", "jumprelu")
 INITS = ("random", "active")
+#: loss_recovered is reported only when zero-ablation raises the loss by at least this much (nats/token)
+RECOVERED_MIN_GAP = 1e-3
 
 
 @dataclass
@@ -62,7 +64,11 @@ class SAETrainConfig:
     ``expected_average_only_in``, folded into the weights at the end), so L1
     and JumpReLU coefficients mean the same at any activation scale.
     ``dead_window_tokens``: a feature is dead when it has not fired for this
-    many training tokens.
+    many training tokens (or all the tokens seen, when fewer). ``b_dec``:
+    ``"mean"`` (the official code's decoder bias, the mean of the init batch)
+    or ``"zero"`` (SAELens' default), the same for both inits; ``norm_search``:
+    the official decoder-norm grid search on ``norm_search_tokens`` validation
+    activations, for both inits (see ``interp.analyzers.sae_init.initialize``).
     """
 
     kind: str = "topk"
@@ -82,6 +88,9 @@ class SAETrainConfig:
     checkpoint_every_tokens: int = 50_000
     log_every_steps: int = 10
     seed: int = 0
+    b_dec: str = "mean"
+    norm_search: bool = True
+    norm_search_tokens: int = 1024
 
     def check(self) -> None:
         if self.kind not in KINDS:
@@ -91,6 +100,8 @@ class SAETrainConfig:
         for name in ("d_sae", "k", "batch_size", "total_tokens", "dead_window_tokens", "init_tokens"):
             if getattr(self, name) < 1:
                 raise InterpError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.b_dec not in ("mean", "zero"):
+            raise InterpError(f"b_dec must be 'mean' or 'zero', got {self.b_dec!r}")
         if self.total_tokens < self.batch_size:
             raise InterpError(f"total_tokens ({self.total_tokens}) is less than one batch ({self.batch_size})")
 
@@ -253,22 +264,38 @@ def spliced_lm_loss(model, sae, site: str, texts: list[str], batch_size: int = 8
     sae.eval()
     edits = {"clean": None, "spliced": {key: Splice(sae)}, "zero_ablated": {key: Zero()}}
     out = {name: text_ce(model, texts, iv, batch_size=batch_size) for name, iv in edits.items()}
-    out["loss_recovered"] = (out["zero_ablated"] - out["spliced"]) / max(out["zero_ablated"] - out["clean"], 1e-9)
+    gap = out["zero_ablated"] - out["clean"]
+    if gap < RECOVERED_MIN_GAP:  # the fraction has no denominator: zeroing the site does not hurt the model
+        out["loss_recovered"] = None
+        out["loss_recovered_note"] = (f"undefined: zero-ablating {key} changes the loss by {gap:+.4f} nats/token "
+                                      f"(< {RECOVERED_MIN_GAP}), so there is no loss to recover")
+    else:
+        out["loss_recovered"] = (out["zero_ablated"] - out["spliced"]) / gap
     # scored tokens: every next-token pair inside a text (text_ce scores exactly these)
     out["n_tokens"] = sum(max(len(ids) - 1, 0) for ids in model.encode(texts, chat=False).ids)
     return out
 
 
 # ------------------------------------------------------------------ training
+def _dead_fraction(trainer, window_steps: int) -> tuple[float, int]:
+    """(fraction of features that did not fire in the last min(window, steps seen) steps, that many steps)."""
+    steps = min(window_steps, trainer.n_training_steps)
+    if steps < 1:
+        return float("nan"), 0
+    return float((trainer.n_forward_passes_since_fired >= steps).float().mean()), steps
+
+
 def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = True,
-              on_step: Callable[[int], None] | None = None) -> dict:
+              on_step: Callable[[int], None] | None = None, val_activations: torch.Tensor | None = None) -> dict:
     """Train one SAE on ``site`` of ``store`` with SAELens' trainer; resume from ``out_dir`` if a run is there.
 
     Writes ``out_dir/sae`` (SAELens inference format), ``out_dir/checkpoint``
     and ``out_dir/summary.json``; returns the summary (config, init info,
     history of loss / explained variance / L0 / dead fraction per logged step,
     tokens/s). ``on_step(step)`` is called after each step (tests use it to
-    interrupt a run).
+    interrupt a run). ``val_activations``: the validation activations the
+    init's choices are made on (d_active, decoder norm); None makes them on the
+    init batch.
     """
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -294,16 +321,18 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
     init_info: dict = {"init": cfg.init}
     scaling_factor = None
     if start is None:
+        from .analyzers.sae_init import initialize
+
         t0 = time.perf_counter()
         x = _init_activations(store, site, cfg.init_tokens, cfg.seed)
+        v = val_activations.float() if val_activations is not None else None
         if cfg.normalize:
             scaling_factor = d_in ** 0.5 / float(x.norm(dim=1).mean())
             x = x * scaling_factor
-        if cfg.init == "active":
-            from .analyzers.sae_init import init_sae
-
-            init_info.update(init_sae(sae, x, cfg.d_active, cfg.rank_threshold, cfg.seed))
-            init_info["seconds_with_loading"] = time.perf_counter() - t0
+            v = None if v is None else v * scaling_factor
+        init_info.update(initialize(sae, cfg.init, x, v, cfg.d_active, cfg.rank_threshold, cfg.b_dec,
+                                    cfg.norm_search, cfg.norm_search_tokens))
+        init_info["seconds_with_loading"] = time.perf_counter() - t0
     steps_per_window = max(1, cfg.dead_window_tokens // cfg.batch_size)
     trainer_cfg = SAETrainerConfig(total_training_samples=cfg.total_tokens, train_batch_size_samples=cfg.batch_size,
                                    lr=cfg.lr, lr_end=cfg.lr, dead_feature_window=steps_per_window,
@@ -341,7 +370,7 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
                 history.append({"step": step, "tokens": trainer.n_training_samples, "loss": float(output.loss),
                                 "explained_variance": explained_variance(output.sae_in, output.sae_out),
                                 "l0": float((output.feature_acts != 0).float().sum(-1).mean()),
-                                "dead_fraction": float(trainer.dead_neurons.float().mean())})
+                                "dead_fraction": _dead_fraction(trainer, steps_per_window)[0]})
             bar.set_postfix(ev=f"{history[-1]['explained_variance']:.3f}", l0=f"{history[-1]['l0']:.1f}",
                             dead=f"{history[-1]['dead_fraction']:.3f}")
         if step % ckpt_steps == 0 and step < total_steps:
@@ -357,9 +386,10 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
     sae.cfg.metadata.hook_name = site
     sae.save_inference_model(str(out / "sae"))
     _save_checkpoint(trainer, ckpt, extra())
+    dead_train, window_steps = _dead_fraction(trainer, steps_per_window)
     summary = {"config": cfg_dict, "site": site, "init_info": init_info, "history": history,
-               "dead_window_tokens": steps_per_window * cfg.batch_size,
-               "dead_fraction_train": float(trainer.dead_neurons.float().mean()),
+               "dead_window_tokens": window_steps * cfg.batch_size,
+               "dead_fraction_train": dead_train,
                "train_seconds": seconds, "tokens_per_second": cfg.total_tokens / max(seconds, 1e-9),
                "steps_this_call": trainer.n_training_steps - resumed_from,
                "wall_seconds_this_call": time.perf_counter() - t_run, "sae_path": str(out / "sae")}

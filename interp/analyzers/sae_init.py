@@ -181,3 +181,96 @@ def init_sae(sae, activations, d_active: int | None = None, threshold: float = 0
         raise InterpError(f"the activations have d = {init['W_dec'].shape[1]}, the SAE has d_in = {sae.cfg.d_in}")
     apply_to_sae(sae, init)
     return {"d_active": init["d_active"], "seconds": time.perf_counter() - t0}
+
+
+# ------------------------------------------------------------------ the paper's recipe, as the official code runs it
+@torch.no_grad()
+def reconstruction_mse(sae, x: torch.Tensor, batch_size: int = 1024) -> float:
+    """Mean over tokens of ‖x − decode(encode(x))‖² (the quantity the decoder-norm search minimizes)."""
+    total = 0.0
+    for s in range(0, x.shape[0], batch_size):
+        xb = x[s:s + batch_size].to(sae.W_dec.dtype)
+        total += float((xb - sae.decode(sae.encode(xb))).double().pow(2).sum())
+    return total / max(x.shape[0], 1)
+
+
+@torch.no_grad()
+def search_decoder_norm(sae, x: torch.Tensor, coarse: tuple[float, ...] | None = None, n_fine: int = 20) -> dict:
+    """Set every decoder row to the norm with the lowest reconstruction error on ``x``; encoder = decoderᵀ.
+
+    The official code's grid: 10 norms 0.1..1, then 20 norms from best − 0.09 to best + 0.1 (for
+    inputs scaled to mean norm √d). Returns ``{"decoder_norm", "mse", "coarse", "fine"}``.
+
+    Example:
+        info = search_decoder_norm(sae, x_val)   # sae.W_dec rows now all have norm info["decoder_norm"]
+    """
+    coarse = tuple(np.linspace(0.1, 1.0, 10)) if coarse is None else coarse
+    unit = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
+
+    def trial(norm: float) -> float:
+        sae.W_dec.copy_(unit * norm)
+        sae.W_enc.copy_(sae.W_dec.T)
+        return reconstruction_mse(sae, x)
+
+    first = {round(float(n), 6): trial(float(n)) for n in coarse}
+    best = min(first, key=first.get)
+    fine = {round(float(n), 6): trial(float(n)) for n in np.linspace(best - 0.09, best + 0.1, n_fine) if n > 0}
+    chosen = min(fine, key=fine.get)
+    trial(chosen)
+    return {"decoder_norm": chosen, "mse": fine[chosen], "coarse": first, "fine": fine}
+
+
+@torch.no_grad()
+def initialize(sae, init: str, fit_x, val_x=None, d_active: int | None = None, threshold: float = 0.99,
+               b_dec: str = "mean", norm_search: bool = True, norm_search_tokens: int = 1024) -> dict:
+    """The paper's ASI recipe as the official code (OpenMOSS lm-saes ``Initializer``) runs it, with the same
+    bias and norm handling for both inits so that only the decoder directions differ.
+
+    1. ``init="active"``: d_active = measured k at ``threshold`` on ``val_x`` (unless given); P = the top
+       d_active principal directions of ``fit_x``; W_dec ← W_dec[:, :d_active] P (the SAE's own random
+       numbers as coordinates in the subspace). ``init="random"`` keeps SAELens' random decoder.
+    2. b_dec ← mean of ``fit_x`` (``b_dec="mean"``, the official ``bias_init_method``) or 0 (``"zero"``),
+       for both inits.
+    3. the decoder-norm search on ``val_x`` (``search_decoder_norm``), for both inits; without it the
+       rows keep SAELens' initial norms.
+    4. W_enc ← W_decᵀ.
+
+    ``val_x`` None makes the choices on ``fit_x``. Returns what was chosen:
+    ``{"init", "b_dec", "d_active", "decoder_norm", "norm_search", "seconds", ...}``.
+
+    Example:
+        sae = build_sae("topk", d_in=576, d_sae=9216, k=32)
+        info = initialize(sae, "active", x_train, x_val)   # info["d_active"], info["decoder_norm"]
+    """
+    t0 = time.perf_counter()
+    if init not in ("random", "active"):
+        raise InterpError(f"init must be 'random' or 'active', got {init!r}")
+    if b_dec not in ("mean", "zero"):
+        raise InterpError(f"b_dec must be 'mean' or 'zero', got {b_dec!r}")
+    fit = _check(fit_x)
+    val = fit if val_x is None else _check(val_x)
+    if fit.shape[1] != sae.cfg.d_in or val.shape[1] != sae.cfg.d_in:
+        raise InterpError(f"the activations have d = {fit.shape[1]}, the SAE has d_in = {sae.cfg.d_in}")
+    dtype = sae.W_dec.dtype
+    norms = sae.W_dec.norm(dim=1, keepdim=True).clone()
+    info: dict = {"init": init, "b_dec": b_dec, "choices_on": "init batch" if val_x is None else "validation",
+                  "d_active": None}
+    if init == "active":
+        if d_active is None:
+            from .rank import EffectiveRank
+
+            d_active = EffectiveRank(threshold=threshold, n_bootstrap=0).fit(val).k_
+        _, p = principal_directions(fit, int(d_active))
+        sae.W_dec.copy_((sae.W_dec.double()[:, :p.shape[0]] @ p).to(dtype))
+        info["d_active"] = int(d_active)
+    sae.b_dec.copy_(fit.mean(0).to(dtype) if b_dec == "mean" else torch.zeros_like(sae.b_dec))
+    if norm_search:
+        found = search_decoder_norm(sae, val[:norm_search_tokens].to(dtype))
+        info.update(decoder_norm=found["decoder_norm"], norm_search={"mse": found["mse"], "coarse": found["coarse"],
+                                                                     "fine": found["fine"]})
+    else:  # SAELens' own row norms, so the inits still differ only in direction
+        sae.W_dec.copy_(sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True) * norms)
+        info["decoder_norm"] = None
+    sae.W_enc.copy_(sae.W_dec.T)
+    info["seconds"] = time.perf_counter() - t0
+    return info

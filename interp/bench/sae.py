@@ -78,8 +78,8 @@ def bench_sae(model, config=None, out=None) -> dict:
     config = config or Config()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(out) if out is not None else Path(tmp)
-        site, train_texts, _ = texts_for(model, config)
-        train_store, _ = capture_stores(model, site, train_texts, [], folder)
+        site, texts, _ = texts_for(model, config)
+        train_store = capture_stores(model, site, {"train": texts["train"]}, folder)["train"]
         cfg = train_config(config, model.d_model)
         r = benchmark(train_store, site, cfg, folder / "bench")
         r.update(kind=cfg.kind, d_sae=cfg.d_sae, batch_size=cfg.batch_size, site=site)

@@ -24,15 +24,23 @@ def _common(p) -> None:
     p.add_argument("--tokens", type=int, default=200_000, help="training tokens (default 200000)")
     p.add_argument("--passages", type=int, default=None,
                    help="corpus passages captured for training (default: enough for --tokens, at most one epoch)")
-    p.add_argument("--eval-passages", type=int, default=64, help="held-out passages for evaluation (default 64)")
-    p.add_argument("--lm-passages", type=int, default=16, help="held-out passages for the spliced LM loss")
+    p.add_argument("--val-passages", type=int, default=64,
+                   help="validation passages: d_active and the decoder norm are chosen on them (default 64)")
+    p.add_argument("--eval-passages", type=int, default=64, help="test passages for evaluation (default 64)")
+    p.add_argument("--lm-passages", type=int, default=16, help="test passages for the spliced LM loss (default 16)")
+    p.add_argument("--b-dec", default="mean", choices=["mean", "zero"],
+                   help="decoder bias at init, the same for both inits (default mean, as the official code)")
+    p.add_argument("--no-norm-search", action="store_true",
+                   help="skip the official decoder-norm search (rows keep SAELens' initial norms)")
     p.add_argument("--max-tokens", type=int, default=128, help="tokens per passage (default 128)")
     p.add_argument("--batch-size", type=int, default=1024, help="SAE batch in tokens (default 1024)")
     p.add_argument("--lr", type=float, default=3e-4, help="learning rate (default 3e-4)")
     p.add_argument("--dead-window", type=int, default=50_000,
                    help="training tokens without firing that make a feature dead (default 50000)")
     p.add_argument("--checkpoint-every", type=int, default=50_000, help="tokens between checkpoints")
-    p.add_argument("--seed", type=int, default=0, help="seed for SAE init, data order and active init (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the passage split, SAE init and data order (default 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="run once per seed (space-separated, e.g. 0 1 2) and report mean ± spread")
 
 
 def add_parser(sub) -> None:
@@ -66,18 +74,33 @@ def _config(args: argparse.Namespace, inits: tuple[str, ...]):
 
     config = sae.Config(site=args.site, layer=args.layer, inits=inits, kind=args.kind, d_sae=args.d_sae, k=args.k,
                         l1=args.l1, l0=args.l0, d_active=args.d_active, tokens=args.tokens, passages=args.passages,
-                        eval_passages=args.eval_passages, lm_passages=args.lm_passages, max_tokens=args.max_tokens,
-                        batch_size=args.batch_size, lr=args.lr, dead_window=args.dead_window,
-                        checkpoint_every=args.checkpoint_every, seed=args.seed)
+                        val_passages=args.val_passages, eval_passages=args.eval_passages,
+                        lm_passages=args.lm_passages, max_tokens=args.max_tokens, b_dec=args.b_dec,
+                        norm_search=not args.no_norm_search, batch_size=args.batch_size, lr=args.lr,
+                        dead_window=args.dead_window, checkpoint_every=args.checkpoint_every, seed=args.seed,
+                        seeds=tuple(args.seeds) if args.seeds else None)
     return sae.check_config(config, known_n_layers(args.model))
 
 
 def _print(report: dict, init: str) -> None:
+    from ..experiments.sae import recovered_text
+
     lm = report["lm_loss"][init]
-    print(f"{init:<7} dead {report['dead_fraction'][init]:.3f} (held-out {report['eval_tokens']} tokens), dead in training "
-          f"{report['dead_fraction_train'][init]:.3f} (last {report['dead_window_tokens_train']} tokens), EV "
-          f"{report['explained_variance'][init]:.4f}, L0 {report['l0'][init]:.1f}, LM loss {lm['clean']:.3f} -> "
-          f"{lm['spliced']:.3f} (zero-ablated {lm['zero_ablated']:.3f}, recovered {lm['loss_recovered']:.3f})")
+    norm = report.get("decoder_norm", {}).get(init)
+    print(f"{init:<7} dead {report['dead_fraction'][init]:.3f} (test, {report['eval_tokens']} tokens), dead in training "
+          f"{report['dead_fraction_train'][init]:.3f} (last {report['dead_window_tokens_train']} training tokens), EV "
+          f"{report['explained_variance'][init]:.4f}, L0 {report['l0'][init]:.1f}"
+          + (f", decoder norm {norm:.3f}" if norm is not None else "")
+          + f", LM loss {lm['clean']:.3f} -> {lm['spliced']:.3f} (zero-ablated {lm['zero_ablated']:.3f}, recovered "
+          f"{recovered_text(lm)})")
+
+
+def _print_seeds(result) -> None:
+    seeds = result.report.get("seeds")
+    if seeds:
+        print(f"mean ± sd over seeds {seeds['seeds']}:")
+        for h in result.headlines:
+            print(f"  {h.name}: {h.value:.3f} {h.note}")
 
 
 def run_train(args) -> int:
@@ -87,6 +110,7 @@ def run_train(args) -> int:
     config = _config(args, (args.init,))
     result = sae.run(load_model(args.model), config, out=args.out)
     _print(result.report, args.init)
+    _print_seeds(result)
     print(f"wrote {args.out}/{args.init}/sae (SAELens format), result.json, and report.json / report.html")
     return 0
 
@@ -99,6 +123,7 @@ def run_compare(args) -> int:
     result = sae.run(load_model(args.model), config, out=args.out)
     for init in ("active", "random"):
         _print(result.report, init)
+    _print_seeds(result)
     print(f"wrote {args.out}/report.json and report.html")
     return 0
 
