@@ -497,3 +497,35 @@ class ProjectionPatch(Patch):
         out = x.clone()
         out[mask] = w + ((u - w) @ p)[:, None] * p
         return out
+
+
+# --- added for numeric (El-Shangiti et al.) ---
+class AddPerPrompt(Intervention):
+    """x ← x + vectors[p] for prompt p: one vector per prompt, e.g. one (direction, α) per row of a sweep
+    stacked into one batch. ``positions`` as elsewhere (per-prompt lists or a mask pick each row's token).
+
+    Example:
+        >>> x = torch.zeros(2, 3, 2)
+        >>> iv = AddPerPrompt(torch.tensor([[1.0, 0.0], [0.0, -2.0]]), positions=[[0], [2]])
+        >>> iv.apply(x, Context.whole(x)).tolist()
+        [[[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0], [0.0, -2.0]]]
+    """
+
+    def __init__(self, vectors: torch.Tensor, positions: PositionLimit = "all"):
+        super().__init__(positions)
+        self.vectors = _unit_check(vectors, "the vectors").detach().float()
+        if self.vectors.dim() != 2:
+            raise InterpError(f"AddPerPrompt needs vectors of shape [prompts, d], got {tuple(self.vectors.shape)}")
+
+    def check(self, shape, site):
+        super().check(shape, site)
+        if len(shape) != 1 or self.vectors.shape[-1] != shape[-1]:
+            raise InterpError(f"vectors of width {self.vectors.shape[-1]} do not match site {site} of shape "
+                              f"{tuple(shape)}")
+
+    def edit(self, x, ctx):
+        rows = ctx.row_ids()
+        if int(rows.max()) >= self.vectors.shape[0]:
+            raise InterpError(f"{self.vectors.shape[0]} vectors, but prompt {int(rows.max())} is running; "
+                              f"give one vector per prompt")
+        return x + self.vectors.to(x.device, x.dtype)[rows][:, None]
