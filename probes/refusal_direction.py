@@ -59,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the run's folder (report, direction, splits)")
     p.add_argument("--kl-max", type=float, default=0.1, help="selection KL filter (default 0.1)")
     p.add_argument("--induce-min", type=float, default=0.0, help="selection induce filter (default 0)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per greedy completion (default 48)")
     p.add_argument("--reuse", action="store_true",
                    help="do not search again: the diagnostics read splits.json and direction.safetensors in --out")
     p.add_argument("--score-layers", help="score every candidate of these layers, e.g. 15-19")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     other = tuple(int(x) for x in args.candidate.split(",")) if args.candidate else None
     if args.reuse and not (out / "splits.json").exists():
         p.error(f"--reuse needs an earlier run in {out} (splits.json is missing)")
-    cfg = refusal.Config(kl_max=args.kl_max, induce_min=args.induce_min)
+    cfg = refusal.Config(kl_max=args.kl_max, induce_min=args.induce_min, max_new_tokens=args.max_new_tokens)
     model = load_model(args.model, progress=False)
     print(TARGETS)
     if args.reuse:
