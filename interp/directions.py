@@ -21,12 +21,36 @@ from .errors import InterpError
 
 
 def save_direction(path: str | Path, direction: torch.Tensor, metadata: dict) -> Path:
-    """Write one direction [d] (or a basis [k, d]) with its metadata."""
+    """Write one direction [d] (or a basis [k, d]) with its metadata.
+
+    ``direction`` may be a tensor or a numpy array; the folder must exist
+    (a typo in it should not silently create a new tree).
+    """
+    if not isinstance(direction, torch.Tensor):
+        try:
+            direction = torch.as_tensor(direction)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise InterpError(f"a direction must be a tensor or array of numbers, got {type(direction).__name__}") \
+                from e
+    if not (direction.dtype.is_floating_point or direction.dtype in (torch.int32, torch.int64)) \
+            or direction.dim() not in (1, 2) or direction.numel() == 0:
+        raise InterpError(f"a direction is a non-empty float vector [d] or basis [k, d], got dtype {direction.dtype} "
+                          f"and shape {tuple(direction.shape)}")
     if not torch.isfinite(direction).all():
         raise InterpError("refusing to save a direction with NaN or infinite entries")
     path = Path(path)
+    if not path.parent.is_dir():
+        raise InterpError(f"cannot save the direction to {path}: the folder {path.parent} does not exist; create it "
+                          f"first")
+    if path.is_dir():
+        raise InterpError(f"cannot save the direction to {path}: it is a folder; give a file name such as "
+                          f"{path / 'direction.safetensors'}")
+    try:
+        meta = json.dumps(metadata)
+    except (TypeError, ValueError) as e:
+        raise InterpError(f"direction metadata must be JSON-serializable ({e})") from e
     save_file({"direction": direction.detach().to("cpu", torch.float32).contiguous()}, str(path),
-              metadata={"interp": json.dumps(metadata)})
+              metadata={"interp": meta})
     return path
 
 

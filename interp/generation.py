@@ -16,6 +16,18 @@ from tqdm.auto import tqdm
 from .errors import InterpError  # noqa: F401
 
 
+class _FiniteLogits:
+    """A transformers logits processor that raises when a generation step produced NaN or +inf logits."""
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        bad = torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1)
+        if bad.any():
+            raise InterpError(f"generation produced NaN/inf logits (sequence length {input_ids.shape[1]}) in batch "
+                              f"rows {torch.nonzero(bad).flatten().tolist()[:10]}: check the model weights, the dtype "
+                              f"(float16 overflows are common; try float32) and any interventions")
+        return scores
+
+
 def generate(model, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool = True, system: str | None = None,
              do_sample: bool = False, batch_size: int = 16, progress: bool = False, use_cache: bool = True,
              interventions: Mapping | None = None, **gen_kwargs) -> list[str]:
@@ -39,11 +51,16 @@ def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int =
         with model.intervene(interventions):
             return generate_from_ids(model, ids, max_new_tokens, do_sample, batch_size, progress, use_cache,
                                      **gen_kwargs)
+    for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InterpError(f"{name} must be a positive int, got {value!r}")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = [""] * len(ids)
     state = getattr(model, "_intervention_state", None)
     if not do_sample:
         gen_kwargs.update(top_p=None, top_k=None, temperature=None)
+    # NaN logits decode to an arbitrary token (often a special one, so an empty string): stop instead
+    gen_kwargs["logits_processor"] = list(gen_kwargs.get("logits_processor") or []) + [_FiniteLogits()]
     for s in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
         rows = order[s:s + batch_size]
         batch = model.pad([ids[i] for i in rows])

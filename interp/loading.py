@@ -47,6 +47,44 @@ def resolve_source(name_or_path: str, progress: bool = True) -> tuple[str, str]:
     return name_or_path, name_or_path  # a hub id
 
 
+def peek_n_layers(name_or_path: str) -> int | None:
+    """The model's layer count without loading it (packaged models and local folders), else None.
+
+    Example:
+        >>> peek_n_layers("smollm2-135m-instruct")
+        30
+    """
+    import json
+
+    if name_or_path in PACKAGED:
+        return PACKAGED[name_or_path].n_layers
+    cfg = Path(str(name_or_path)).expanduser() / "config.json"
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, ValueError):
+        return None
+    data = data.get("text_config", data) if isinstance(data, dict) else {}
+    n = data.get("num_hidden_layers") or data.get("n_layer")
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def precheck_sites(name_or_path: str, sites) -> list:
+    """Parse command-line sites before a model loads: against the layer count when it is known
+    (``peek_n_layers``), else by spelling only. Returns the parsed sites (``Site``, or a bare name).
+
+    Example:
+        >>> precheck_sites("smollm2-135m-instruct", ["resid_post.3", "mlp_out"])
+        [Site(name='resid_post', layer=3), 'mlp_out']
+    """
+    from .sites import SITE_NAMES, parse_site
+
+    n_layers = peek_n_layers(name_or_path)
+    items = [sites] if isinstance(sites, str) else list(sites)
+    if not items:
+        raise InterpError("no sites given")
+    return [s if isinstance(s, str) and s in SITE_NAMES else parse_site(s, n_layers) for s in items]
+
+
 def _check_device(device) -> None:
     if device is None:
         return

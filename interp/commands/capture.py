@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from ..errors import InterpError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("capture", help="capture activations of a prompt file to disk",
@@ -28,21 +30,27 @@ def add_parser(sub) -> None:
 
 
 def parse_positions(text: str):
-    try:
-        return int(text)
-    except ValueError:
-        return text
+    """A command-line position spec: an int, a name or a slice string, checked before any model loads."""
+    from ..positions import check_spec
+
+    return check_spec(text)
 
 
 def run(args) -> int:
     import torch
 
     from ..data.prompts import read_prompt_file as read_lines
-    from ..loading import load_model
+    from ..loading import load_model, precheck_sites
 
+    # everything the command line can get wrong fails here, before a model load of several seconds
+    for name in ("batch_size", "shard_size"):
+        if getattr(args, name) < 1:
+            raise InterpError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     prompts = read_lines(args.prompts)
+    precheck_sites(args.model, args.sites)
+    positions = parse_positions(args.positions)
     model = load_model(args.model)
-    store = model.capture_to_store(prompts, args.out, args.sites, parse_positions(args.positions),
+    store = model.capture_to_store(prompts, args.out, args.sites, positions,
                                    chat=not args.plain, batch_size=args.batch_size, shard_size=args.shard_size,
                                    dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
     print(json.dumps({"out": str(store.path), "examples": store.n_examples, "tokens": store.n_tokens,
