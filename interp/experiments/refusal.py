@@ -71,7 +71,7 @@ class Config:
     save_model: bool = False  #: also write the weight-orthogonalized model (edits the model in place, at the end)
 
 
-#: The older name, kept for code written against ``interp.refusal``.
+#: The older name of ``Config`` (``interp.refusal.RefusalConfig`` before the experiments layer).
 RefusalConfig = Config
 
 #: This project's targets for the held-out evaluation (also printed by ``probes/refusal_direction.py``).
