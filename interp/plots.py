@@ -318,34 +318,48 @@ def numeric_plane(projection: Mapping, target: str = "value", layer: int | None 
 # --- binding ---
 
 def binding_accuracy(report: Mapping) -> go.Figure:
-    """Held-out accuracy per layer of each pairwise probe kind, beside the majority-class baseline.
+    """Test accuracy per layer of each pairwise probe kind, beside the majority-class baseline.
 
     ``report`` is the binding experiment's report (``layers``, ``accuracy``, ``majority_baseline``,
-    ``class_balance``, ``task``).
+    ``class_balance``, ``task``; with ``selected_on == "cross"`` the cross-mention pairs are drawn:
+    ``accuracy_cross``, ``majority_baseline_cross``, ``pairs``).
     """
     xs = list(report["layers"])
+    cross = report.get("selected_on") == "cross" and "accuracy_cross" in report
+    acc = report["accuracy_cross"] if cross else report["accuracy"]
+    maj = report["majority_baseline_cross"] if cross else report["majority_baseline"]
+    balance = report["pairs"]["cross"]["test"]["class_balance"] if cross else report["class_balance"]
     fig = go.Figure()
-    for kind, ys in report["accuracy"].items():
+    for kind, ys in acc.items():
         fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=kind))
-    fig.add_trace(go.Scatter(x=xs, y=[report["majority_baseline"]] * len(xs), mode="lines", name="majority class",
+    fig.add_trace(go.Scatter(x=xs, y=[maj] * len(xs), mode="lines", name="majority class",
                              line={"dash": "dash", "color": "grey"}))
-    fig.update_layout(title=f"IsSameObject probes ({report['task']}), held-out texts; class balance "
-                      f"{report['class_balance']:.2f}", xaxis_title="layer", yaxis_title="test accuracy",
-                      template="plotly_white")
+    what = "cross-mention pairs" if cross else "pairs"
+    fig.update_layout(title=f"IsSameObject probes ({report['task']}), {what} of test texts; class balance "
+                      f"{balance:.2f}", xaxis_title="layer", yaxis_title="test accuracy", template="plotly_white")
     return fig
 
 
 def binding_rank_sweep(sweep: Mapping) -> go.Figure:
-    """Held-out accuracy of the low-rank probe against its rank r, with the full probe and full − 2 points.
+    """Accuracy of the low-rank probe against its rank r, with the full probe and full − 2 points.
 
-    ``sweep`` is ``report["rank_sweep"]`` (``layer``, ``full``, ``accuracy`` keyed by rank).
+    ``sweep`` is ``report["rank_sweep"]`` (``layer``, ``full``, ``accuracy`` keyed by rank: test; with
+    ``val_accuracy`` and ``val_full`` the validation curve the rank is chosen on is drawn too).
     """
     ranks = [int(r) for r in sweep["accuracy"]]
     full = sweep["full"]
-    fig = go.Figure([go.Scatter(x=ranks, y=list(sweep["accuracy"].values()), mode="lines+markers", name="lowrank"),
-                     go.Scatter(x=ranks, y=[full] * len(ranks), mode="lines", name="full", line={"dash": "dash"}),
-                     go.Scatter(x=ranks, y=[full - 0.02] * len(ranks), mode="lines", name="full − 2 points",
-                                line={"dash": "dot"})])
+    traces = [go.Scatter(x=ranks, y=list(sweep["accuracy"].values()), mode="lines+markers", name="lowrank, test"),
+              go.Scatter(x=ranks, y=[full] * len(ranks), mode="lines", name="full, test", line={"dash": "dash"})]
+    if "val_accuracy" in sweep:
+        vf = sweep["val_full"]
+        traces += [go.Scatter(x=ranks, y=list(sweep["val_accuracy"].values()), mode="lines+markers",
+                              name="lowrank, validation"),
+                   go.Scatter(x=ranks, y=[vf - 0.02] * len(ranks), mode="lines",
+                              name="full − 2 points, validation (the choice)", line={"dash": "dot"})]
+    else:
+        traces.append(go.Scatter(x=ranks, y=[full - 0.02] * len(ranks), mode="lines", name="full − 2 points",
+                                 line={"dash": "dot"}))
+    fig = go.Figure(traces)
     fig.update_layout(title=f"Rank sweep at layer {sweep['layer']}", xaxis_title="rank r", xaxis_type="log",
-                      yaxis_title="test accuracy", template="plotly_white")
+                      yaxis_title="accuracy", template="plotly_white")
     return fig

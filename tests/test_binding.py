@@ -95,14 +95,36 @@ def test_probe_api_and_parameters(planted_split):
                                atol=1e-6)
     assert full.score(side, te.labels) == full.score(X, te.pairs, te.labels)
     low = PairwiseProbe("lowrank", rank=2, epochs=2).fit(X, tr.pairs, tr.labels)
-    np.testing.assert_allclose(low.W_, (low.A_.T @ low.B_ + low.B_.T @ low.A_) / 2, rtol=1e-5, atol=1e-7)
+    # the paper's code divides the bilinear score by sqrt(d); W_ is the effective form, scale included
+    assert low.score_scale_ == pytest.approx(1 / np.sqrt(24)) and full.score_scale_ == low.score_scale_
+    np.testing.assert_allclose(low.W_, (low.A_.T @ low.B_ + low.B_.T @ low.A_) / 2 / np.sqrt(24), rtol=1e-5,
+                               atol=1e-8)
     assert np.linalg.matrix_rank(low.W_) <= 4
     diag = PairwiseProbe("diagonal", epochs=2).fit(X, tr.pairs, tr.labels)
     np.testing.assert_allclose(diag.W_, np.diag(diag.w_))
     # the same seed gives the same probe
     again = PairwiseProbe("lowrank", rank=2, epochs=2).fit(X, tr.pairs, tr.labels)
     np.testing.assert_array_equal(low.A_, again.A_)
-    assert 0.0 <= low.train_accuracy_ <= 1.0 and low.class_balance_ == class_balance(tr.labels)
+    assert low.train_accuracy_ == low.score(X, tr.pairs, tr.labels) and low.class_balance_ == class_balance(tr.labels)
+    assert diag.score_scale_ == 1.0  # the diagonal probe is unscaled, as in the authors' code
+
+
+@pytest.mark.parametrize("kind", ["full", "lowrank"])
+def test_bilinear_score_is_divided_by_sqrt_d(planted_split, kind):
+    X, tr, te, _ = planted_split
+    rank = 3 if kind == "lowrank" else None
+    scaled = PairwiseProbe(kind, rank=rank, epochs=3).fit(X, tr.pairs, tr.labels)
+    # the score is z_x^T W_ z_y + b_ with the standardized tokens: W_ carries the 1/sqrt(d)
+    Z = (X.numpy() - scaled.mean_) / scaled.scale_
+    zx, zy = Z[te.pairs[:, 0]], Z[te.pairs[:, 1]]
+    manual = np.einsum("nd,de,ne->n", zx, scaled.W_, zy) + scaled.b_
+    np.testing.assert_allclose(scaled.decision_function(X, te.pairs), manual, rtol=1e-4, atol=1e-5)
+    # without the factor Adam moves the score sqrt(d) times faster: a different probe after the same epochs
+    plain = PairwiseProbe(kind, rank=rank, epochs=3, bilinear_scale="none").fit(X, tr.pairs, tr.labels)
+    assert plain.score_scale_ == 1.0
+    assert np.abs(plain.W_).max() > 2 * np.abs(scaled.W_).max(), (np.abs(plain.W_).max(), np.abs(scaled.W_).max())
+    with pytest.raises(InterpError, match="bilinear_scale"):
+        PairwiseProbe(kind, rank=rank, bilinear_scale="sqrt").fit(X, tr.pairs, tr.labels)
 
 
 def test_probe_bad_input():
@@ -183,6 +205,32 @@ def test_word_groups_and_pairs():
         split_units(2, 0.1)
 
 
+def test_pairs_keep_cross_mention_apart_from_within_mention():
+    # unit 0: entity 0 has mentions 0 (tokens 1-3) and 1 (token 6); entity 1 has mentions 0 (4-5) and 1 (7)
+    groups = [np.array([-1, 0, 0, 0, 1, 1, 0, 1, -1]), np.array([-1, 2, 2, 3, 3, 2])]
+    mentions = [np.array([-1, 0, 0, 0, 0, 0, 1, 1, -1]), np.array([-1, 0, 0, 0, 0, 1])]
+    ps = sample_pairs(groups, per_anchor=2, seed=0, subgroups=mentions)
+    flat_g, flat_m = np.concatenate(groups), np.concatenate(mentions)
+    cross, within = ps.of_kind("cross"), ps.of_kind("within")
+    assert len(cross) + len(within) == len(ps) and len(cross) > 0 and len(within) > 0
+    assert len(ps.of_kind("all")) == len(ps)
+    for sub, is_cross in ((cross, True), (within, False)):
+        # each subset is balanced on its own
+        assert (sub.labels == 1).sum() == (sub.labels == 0).sum(), sub.labels
+        for (a, b), y in zip(sub.pairs.tolist(), sub.labels.tolist()):
+            assert int(flat_g[a] == flat_g[b]) == y
+            if y == 1:  # positives: different mentions (binding) or one mention (adjacency)
+                assert (flat_m[a] != flat_m[b]) == is_cross, (a, b, is_cross)
+    assert len(set(map(tuple, ps.pairs.tolist()))) == len(ps)
+    # without subgroups every pair is of kind "all" and the sampler is the one used before
+    plain = sample_pairs(groups, per_anchor=2, seed=0)
+    assert (plain.kind == -1).all() and len(plain.of_kind("cross")) == 0
+    with pytest.raises(InterpError, match="pair kind"):
+        ps.of_kind("between")
+    with pytest.raises(InterpError, match="subgroups"):
+        sample_pairs(groups, subgroups=mentions[:1])
+
+
 def test_vit_patch_probes_on_tiny_random_vit():
     vit = tiny_vit()
     images, masks = shapes_dataset(160, size=32, n_objects=3, seed=0)
@@ -220,35 +268,84 @@ def test_experiment_on_tiny_model_and_ablation_hook(tiny_llama, tmp_path):
     from interp.experiments import binding
     from interp.experiments.binding import _capture
     from interp.interventions import Ablate
+    from interp.protocol import split_groups
 
-    config = binding.Config(layers=[0, 1], n_texts=16, rank=2, ranks=[1, 2], epochs=2, per_anchor=1,
+    config = binding.Config(layers=[0, 1], n_texts=20, rank=2, ranks=[1, 2], epochs=2, per_anchor=1,
                             kinds=["linear", "full", "lowrank", "cosine"], progress=False)
     result = binding.run(tiny_llama, config, out=tmp_path)
     report = result.report
-    for k in ("linear", "full", "lowrank", "cosine"):
-        assert len(report["accuracy"][k]) == 2 and all(0 <= a <= 1 for a in report["accuracy"][k])
-    assert 0.5 <= report["majority_baseline"] <= 0.6 and report["n_test_texts"] == 4
-    assert report["rank_sweep"]["layer"] in (0, 1)
+    # the protocol: texts split three ways, disjoint, the split the experiment says it used
+    splits = split_groups(range(20), (0.6, 0.2, 0.2), seed=0, unit="text")
+    assert result.protocol["split_unit"] == "text" and result.protocol["selected_on"] == "validation"
+    assert (result.protocol["n_train"], result.protocol["n_val"], result.protocol["n_test"]) == (12, 4, 4)
+    assert not set(splits.train) & set(splits.val) and not set(splits.val) & set(splits.test)
+    assert report["n_test_texts"] == 4 and report["selected_on"] == "cross"
+    # choices are made on validation: the chosen kind and layer maximize validation (not test) accuracy
+    best = report["best"]
+    val = report["val_accuracy_cross"]
+    top = max(val[k][i] for k in ("full", "lowrank") for i in range(2))
+    assert val[best["kind"]][report["layers"].index(best["layer"])] == top == best["val_accuracy"]
+    sweep = report["rank_sweep"]
+    assert report["min_rank_within_2pts"] == min(
+        (int(r) for r, a in sweep["val_accuracy"].items() if a >= sweep["val_full"] - 0.02), default=None)
+    # ... and the reported numbers are the test texts' cross-mention pairs: recompute one from scratch
+    recs = load_coref_texts()[:20]
+    tok = tokenize_texts(tiny_llama, recs)
+    ps = sample_pairs(tok["entity"], per_anchor=1, seed=0, skip_positions=[0], subgroups=tok["mention"])
+    tr, te = ps.subset(splits.train), ps.subset(splits.test).of_kind("cross")
+    X = _capture(tiny_llama, tok["texts"], [1], config)[1]
+    cos = SimilarityBaseline("cosine").fit(X, tr.pairs, tr.labels).score(X, te.pairs, te.labels)
+    assert report["accuracy_cross"]["cosine"][1] == cos
+    assert report["majority_baseline_cross"] == majority_baseline(te.labels)
+    head = {h.name: h for h in result.headlines}
+    chosen = head["cross-mention accuracy, chosen probe"]
+    assert chosen.value == report["accuracy_cross"][best["kind"]][report["layers"].index(best["layer"])]
+    assert chosen.split.startswith("test texts (4 of 20)") and "validation" in head[
+        "smallest low-rank r within 2 points of full"].split
+    assert head["within-mention accuracy, chosen probe"].value == best["accuracy_within"]
+    # pairs of both kinds in every split; each kind balanced over all texts
+    assert all(report["pairs"][k][s]["n"] > 0 for k in ("cross", "within") for s in ("train", "val", "test"))
+    assert 2 * int((ps.of_kind("cross").labels == 1).sum()) == len(ps.of_kind("cross"))
+    assert report["pairs"]["cross"]["test"]["n"] == len(te)
     abl = report["ablation"]
     assert set(abl["loss"]) == {"none", "binding", "random"} and abl["dims_removed"] <= 2 * abl["probe_rank"]
+    assert abl["probe_rank"] == report["min_rank_within_2pts"] and abl["layer"] == best["layer"]
     assert any("majority" in line for line in binding.summary_lines(report))
-    # the report: today's keys plus summary/reproduction; headlines name their split; both figures
+    # the report: the keys kept from before plus protocol/summary/reproduction; both figures
     written = json.loads((tmp_path / "report.json").read_text())
     assert {"accuracy", "majority_baseline", "best", "rank_sweep", "min_rank_within_2pts", "ablation", "seconds",
-            "summary", "reproduction"} <= set(written)
-    assert all("held-out texts" in h["split"] for h in written["summary"] if "accuracy at layer" in h["name"])
+            "summary", "reproduction", "protocol", "accuracy_cross", "accuracy_within"} <= set(written)
+    assert written["protocol"]["selected_on"] == "validation"
     assert set(result.figures) == {"accuracy_per_layer", "rank_sweep"} and (tmp_path / "report.html").exists()
-    # the loss on no edit is the evaluation module's cross-entropy of the same texts
+    # the loss on no edit is the evaluation module's cross-entropy of the test texts
     from interp.evaluation import text_ce
 
-    texts = [r["text"] for r in load_coref_texts()[:16]]
-    assert abs(abl["loss"]["none"]["all"] - text_ce(tiny_llama, texts)) < 1e-9
+    test_texts = [recs[i]["text"] for i in splits.test]
+    assert abs(abl["loss"]["none"]["all"] - text_ce(tiny_llama, test_texts)) < 1e-9
     # activations captured under the ablation have no component in the removed subspace
     tok = tokenize_texts(tiny_llama, load_coref_texts()[:3])
     Q = torch.linalg.qr(torch.randn(32, 3, generator=torch.Generator().manual_seed(0))).Q.T
     X = _capture(tiny_llama, tok["texts"], [0], config, {"resid_post.0": Ablate(Q)})[0]
     assert (X @ Q.T).abs().max() < 1e-4 and X.shape[0] == sum(tok["lengths"])
     assert tiny_llama.num_hooks() == 0
+
+
+def test_seed_sweep_reports_mean_and_spread(tiny_llama):
+    from interp.experiments import binding
+
+    config = binding.Config(layers=[1], n_texts=20, rank=2, ranks=[], epochs=1, per_anchor=1,
+                            kinds=["linear", "lowrank"], ablation=False, progress=False)
+    swept = binding.run(tiny_llama, binding.Config(**{**config.__dict__, "seeds": [0, 1]}))
+    name = "cross-mention accuracy, chosen probe"
+    per_seed = {s: next(h.value for h in binding.run(tiny_llama, binding.Config(**{**config.__dict__, "seed": s}))
+                        .headlines if h.name == name) for s in (0, 1)}
+    summ = swept.report["seeds"]["headlines"][name]
+    assert summ["n"] == 2 and summ["per_seed"] == per_seed
+    assert summ["mean"] == pytest.approx(sum(per_seed.values()) / 2)
+    assert summ["std"] == pytest.approx(abs(per_seed[0] - per_seed[1]) / np.sqrt(2))
+    head = next(h for h in swept.headlines if h.name == name)
+    assert head.value == pytest.approx(summ["mean"]) and "seeds [0, 1]" in head.split and "±" in head.note
+    assert swept.protocol["seeds"] == [0, 1] and swept.protocol["selected_on"] == "validation"
 
 
 def test_config_is_checked_before_the_model_loads(tmp_path):
@@ -259,7 +356,10 @@ def test_config_is_checked_before_the_model_loads(tmp_path):
                        (dict(layers="some"), "layers must be"), (dict(task="scene"), "task must be"),
                        (dict(kinds=["cubic"]), "unknown probe kind"), (dict(ranks=[0]), "ranks must be"),
                        (dict(test_fraction=1.5), "test_fraction"), (dict(texts=str(tmp_path / "no.jsonl")),
-                                                                     "no annotated texts")]:
+                                                                     "no annotated texts"),
+                       (dict(val_fraction=0.5, test_fraction=0.5), "leave texts to train"),
+                       (dict(bilinear_scale="sqrt"), "bilinear_scale"), (dict(seeds=[1, 1]), "distinct"),
+                       (dict(n_texts=2), "n_texts")]:
         with pytest.raises(InterpError, match=match):
             check_config(Config(**bad), n_layers=4)
 
@@ -284,6 +384,13 @@ def test_cli_parses_lists_and_fails_before_loading(capsys):
     assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--layers", "99"]) == 2
     assert "layers must be" in capsys.readouterr().err
     assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--kinds", "cubic"]) == 2
+    args = build_parser().parse_args(["binding", "m", "--out", "x", "--seeds", "0", "1", "2", "--bilinear-scale",
+                                      "none", "--val-fraction", "0.3"])
+    assert args.seeds == ["0", "1", "2"] and args.bilinear_scale == "none" and args.val_fraction == 0.3
+    assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--seeds", "0", "x"]) == 2
+    assert "--seeds takes integers" in capsys.readouterr().err
+    assert main(["binding", "smollm2-135m-instruct", "--out", "x", "--val-fraction", "0.5", "--test-fraction",
+                 "0.5"]) == 2
 
 
 @pytest.mark.slow

@@ -9,6 +9,13 @@ A probe scores a pair of token vectors (x, y) from one layer with a logit:
 - ``lowrank``:  W = (AᵀB + BᵀA)/2 with A, B ∈ R^{r×d}; the smallest r that
   matches the full probe is the dimension of the binding subspace.
 
+The bilinear score of ``full`` and ``lowrank`` is divided by √d
+(``bilinear_scale="sqrt_d"``, as the authors' code does for its quadratic
+probe: ``W_sym / sqrt(C)``); ``bilinear_scale="none"`` leaves it out. With
+Adam the factor is not absorbed by W: it scales each step's change of the
+score, and so how far the probe moves per epoch and how strongly weight decay
+pulls. The diagonal probe is left unscaled, as in their code.
+
 Features are standardized with statistics of the training tokens. Training
 is Adam on the binary cross-entropy (lr 1e-3, weight decay 0.01, as in the
 paper). ``SimilarityBaseline`` thresholds cosine similarity or the dot
@@ -52,6 +59,8 @@ from torch import nn
 from ..errors import InterpError
 
 KINDS = ("linear", "diagonal", "full", "lowrank")
+#: How the bilinear score of full / lowrank probes is scaled: "sqrt_d" (÷√d, the paper's code) or "none".
+BILINEAR_SCALES = ("sqrt_d", "none")
 
 
 class NotFitted(InterpError, NotFittedError):
@@ -247,9 +256,10 @@ def majority_baseline(labels) -> float:
 
 
 class _Scorer(nn.Module):
-    def __init__(self, kind: str, d: int, rank: int | None, gen: torch.Generator):
+    def __init__(self, kind: str, d: int, rank: int | None, gen: torch.Generator, scale: float = 1.0):
         super().__init__()
         self.kind = kind
+        self.scale = scale  # multiplies the bilinear score of full / lowrank (1/√d in the paper's code)
         self.b = nn.Parameter(torch.zeros(()))
         if kind in ("linear", "diagonal"):
             self.w = nn.Parameter(torch.zeros(d))
@@ -261,10 +271,11 @@ class _Scorer(nn.Module):
             self.B = nn.Parameter(torch.randn(rank, d, generator=gen) * scale)
 
     def W(self) -> torch.Tensor:
+        """The effective bilinear form (scale included): score = xᵀ W y + b."""
         if self.kind == "full":
-            return (self.P + self.P.T) / 2
+            return (self.P + self.P.T) / 2 * self.scale
         if self.kind == "lowrank":
-            return (self.A.T @ self.B + self.B.T @ self.A) / 2
+            return (self.A.T @ self.B + self.B.T @ self.A) / 2 * self.scale
         if self.kind == "diagonal":
             return torch.diag(self.w)
         raise InterpError("a linear probe has no bilinear form W")
@@ -277,7 +288,7 @@ class _Scorer(nn.Module):
         if self.kind == "full":
             return ((x @ self.W()) * y).sum(-1) + self.b
         ax, bx, ay, by = x @ self.A.T, x @ self.B.T, y @ self.A.T, y @ self.B.T
-        return ((ax * by).sum(-1) + (bx * ay).sum(-1)) / 2 + self.b
+        return ((ax * by).sum(-1) + (bx * ay).sum(-1)) / 2 * self.scale + self.b
 
 
 class PairwiseProbe(_PairEstimator):
@@ -285,13 +296,16 @@ class PairwiseProbe(_PairEstimator):
 
     Parameters: ``kind`` in linear, diagonal, full, lowrank; ``rank`` (lowrank
     only, 1 <= rank <= d); Adam ``lr`` and ``weight_decay``; ``epochs``;
-    ``batch_size`` (pairs per step); ``seed``.
+    ``batch_size`` (pairs per step); ``seed``; ``bilinear_scale`` ("sqrt_d":
+    the full / lowrank score is xᵀWy/√d, as in the authors' code; "none").
 
     Fitted: ``classes_``, ``n_features_in_`` (2·d: a pair side by side),
     ``mean_``, ``scale_`` (standardization from the training tokens, each token
     once), ``d_``, ``train_accuracy_``, ``losses_`` (per epoch),
-    ``class_balance_``, ``majority_baseline_`` (of the training labels) and the
-    parameters ``w_`` / ``W_`` / ``A_``, ``B_`` (numpy) and ``b_``.
+    ``class_balance_``, ``majority_baseline_`` (of the training labels),
+    ``score_scale_`` (1/√d or 1) and the parameters ``w_`` / ``W_`` (the
+    effective form, scale included: score = zᵀ W_ z' + b_) / ``A_``, ``B_``
+    (numpy, unscaled) and ``b_``.
 
     Example:
         probe = PairwiseProbe("lowrank", rank=8).fit(X_train, pairs_train, y_train)
@@ -300,7 +314,7 @@ class PairwiseProbe(_PairEstimator):
     """
 
     def __init__(self, kind: str = "full", rank: int | None = None, lr: float = 1e-3, weight_decay: float = 0.01,
-                 epochs: int = 30, batch_size: int = 256, seed: int = 0):
+                 epochs: int = 30, batch_size: int = 256, seed: int = 0, bilinear_scale: str = "sqrt_d"):
         self.kind = kind
         self.rank = rank
         self.lr = lr
@@ -308,6 +322,7 @@ class PairwiseProbe(_PairEstimator):
         self.epochs = epochs
         self.batch_size = batch_size
         self.seed = seed
+        self.bilinear_scale = bilinear_scale
 
     def _check_params(self, d: int) -> None:
         if self.kind not in KINDS:
@@ -321,6 +336,9 @@ class PairwiseProbe(_PairEstimator):
             raise InterpError(f"rank is only used by kind='lowrank', not {self.kind!r}; leave it None")
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
             raise InterpError("epochs and batch_size must be >= 1, lr > 0 and weight_decay >= 0")
+        if self.bilinear_scale not in BILINEAR_SCALES:
+            raise InterpError(f"bilinear_scale must be one of {', '.join(BILINEAR_SCALES)}, got "
+                              f"{self.bilinear_scale!r}")
 
     def _z(self, X: torch.Tensor) -> torch.Tensor:
         return (X - torch.from_numpy(self.mean_)) / torch.from_numpy(self.scale_)
@@ -335,7 +353,9 @@ class PairwiseProbe(_PairEstimator):
         self.scale_ = tokens[rows].std(0).clamp(min=1e-6).numpy()
         Z = self._z(tokens)
         gen = torch.Generator().manual_seed(self.seed)
-        net = _Scorer(self.kind, self.d_, self.rank, gen)
+        self.score_scale_ = (1.0 / self.d_ ** 0.5 if self.bilinear_scale == "sqrt_d" and
+                             self.kind in ("full", "lowrank") else 1.0)
+        net = _Scorer(self.kind, self.d_, self.rank, gen, self.score_scale_)
         opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         loss_fn = nn.BCEWithLogitsLoss()
         self.losses_ = []

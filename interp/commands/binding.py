@@ -14,8 +14,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("binding", help="IsSameObject pairwise probes: do two tokens belong to the same entity",
                        description="Fit linear, diagonal, full and low-rank pairwise probes (and cosine/dot "
                        "baselines) on resid_post per layer for same-entity token pairs from annotated texts "
-                       "(data/coref_texts.jsonl), held out by text; sweep the low-rank probe's rank; ablate the "
-                       "learned subspace and a random one. Writes report.json and report.html.")
+                       "(data/coref_texts.jsonl); texts split into train / validation / test; kind, layer and "
+                       "rank chosen on validation, cross-mention pairs (different mentions of one entity) reported "
+                       "on the test texts apart from within-mention ones; ablate the learned subspace and a random "
+                       "one. Writes report.json and report.html.")
     p.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     p.add_argument("--out", required=True, help="output folder for report.json and report.html")
     p.add_argument("--layers", nargs="+", default=["all"],
@@ -30,10 +32,19 @@ def add_parser(sub) -> None:
     p.add_argument("--ranks", nargs="+", default=None,
                    help="ranks for the sweep at the best layer, space-separated (default 1 2 4 8 16 32 64)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs per probe (default 30)")
-    p.add_argument("--per-anchor", type=int, default=3, help="positive (and negative) partners per anchor token")
-    p.add_argument("--test-fraction", type=float, default=0.25, help="fraction of texts held out (default 0.25)")
+    p.add_argument("--per-anchor", type=int, default=3,
+                   help="cross- and within-mention partners per anchor token, each matched by negatives (default 3)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of texts for validation, where every choice is made (default 0.2)")
+    p.add_argument("--test-fraction", type=float, default=0.2,
+                   help="fraction of texts held out for the reported numbers (default 0.2)")
+    p.add_argument("--bilinear-scale", default="sqrt_d", choices=["sqrt_d", "none"],
+                   help="divide the full/low-rank probe's score by sqrt(d) as the authors' code does (default "
+                   "sqrt_d)")
     p.add_argument("--no-ablation", action="store_true", help="skip the subspace ablation")
     p.add_argument("--seed", type=int, default=0, help="seed for pair sampling, the split and probe init")
+    p.add_argument("--seeds", nargs="+", default=None, metavar="SEED",
+                   help="run once per seed (space-separated) and report mean ± spread of the headlines")
     p.set_defaults(func=run)
 
 
@@ -64,15 +75,15 @@ def parse_layers(values, n_layers: int | None = None) -> list[int] | str:
     return resolve_layers(indices, n_layers)
 
 
-def parse_ranks(values) -> list[int]:
-    """``--ranks`` values (space-separated, or the older '1,2,4') → integers."""
+def parse_ranks(values, option: str = "--ranks") -> list[int]:
+    """``--ranks`` (or ``--seeds``) values (space-separated, or the older '1,2,4') → integers."""
     from ..errors import InterpError
     from .rank import split_list
 
     try:
         return [int(r) for r in split_list(values)]
     except ValueError:
-        raise InterpError(f"--ranks takes integers, got {values!r}") from None
+        raise InterpError(f"{option} takes integers, got {values!r}") from None
 
 
 def run(args) -> int:
@@ -88,7 +99,9 @@ def run(args) -> int:
         given["ranks"] = tuple(parse_ranks(args.ranks))
     config = binding.Config(layers=parse_layers(args.layers, n_layers), task=args.task, texts=args.texts,
                             rank=args.rank, epochs=args.epochs, per_anchor=args.per_anchor,
-                            test_fraction=args.test_fraction, ablation=not args.no_ablation, seed=args.seed, **given)
+                            val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                            bilinear_scale=args.bilinear_scale, ablation=not args.no_ablation, seed=args.seed,
+                            seeds=parse_ranks(args.seeds, "--seeds") if args.seeds else None, **given)
     binding.check_config(config, n_layers)  # fail before the model loads
     model = load_model(args.model)
     result = binding.run(model, config, out=args.out)

@@ -16,7 +16,11 @@ Two sources:
 ``sample_pairs`` turns per-unit (text or image) group labels into balanced
 positive/negative pairs. Each anchor token gets as many same-object as
 different-object partners, so a probe cannot win by scoring tokens one at a
-time; ``split_units`` holds out whole texts (images) for testing.
+time; with ``subgroups`` (the mention of each entity token) it keeps cross-mention
+pairs (binding) apart from within-mention pairs (sub-tokens of one mention:
+adjacency). The experiment splits texts three ways with
+``interp.protocol.split_groups``; ``split_units`` (train/test only) remains for
+quick two-way checks.
 
 Example:
     >>> import numpy as np
@@ -147,25 +151,52 @@ def tokenize_texts(model, records: Sequence[dict]) -> dict:
 
 
 # ------------------------------------------------------------------ pairs
+#: ``PairSet.kind`` values: which evaluation subset a pair belongs to.
+WITHIN, CROSS, ANY = 0, 1, -1
+KIND_NAMES = {WITHIN: "within", CROSS: "cross", ANY: "all"}
+
+
 @dataclass
 class PairSet:
-    """Pairs of global token rows, their 0/1 labels and the unit (text/image) each came from."""
+    """Pairs of global token rows, their 0/1 labels, the unit (text/image) each came from and its subset.
+
+    ``kind`` is ``CROSS`` (1) for a pair in the cross-mention subset (positives: tokens of two
+    *different* mentions of one entity; negatives matched to them), ``WITHIN`` (0) for the
+    within-mention subset (positives: two sub-tokens of one mention, i.e. adjacency), ``ANY`` (−1)
+    when the pairs were sampled without mentions.
+    """
 
     pairs: torch.Tensor  # [n, 2] long
     labels: torch.Tensor  # [n] long
     unit: torch.Tensor  # [n] long
+    kind: torch.Tensor | None = None  # [n] long; None: all ANY
+
+    def __post_init__(self) -> None:
+        if self.kind is None:
+            self.kind = torch.full_like(self.labels, ANY)
 
     def __len__(self) -> int:
         return self.pairs.shape[0]
 
+    def where(self, keep: torch.Tensor) -> "PairSet":
+        """The pairs where the bool mask ``keep`` [n] is true."""
+        return PairSet(self.pairs[keep], self.labels[keep], self.unit[keep], self.kind[keep])
+
     def subset(self, units) -> "PairSet":
         """The pairs whose unit is in ``units``."""
-        keep = torch.isin(self.unit, torch.as_tensor(list(units), dtype=torch.long))
-        return PairSet(self.pairs[keep], self.labels[keep], self.unit[keep])
+        return self.where(torch.isin(self.unit, torch.as_tensor(list(units), dtype=torch.long)))
+
+    def of_kind(self, kind: str | int) -> "PairSet":
+        """The pairs of one subset: "cross", "within" or "all" (every pair)."""
+        code = {v: k for k, v in KIND_NAMES.items()}.get(kind, kind)
+        if code not in KIND_NAMES:
+            raise InterpError(f"pair kind must be 'cross', 'within' or 'all', got {kind!r}")
+        return self if code == ANY else self.where(self.kind == code)
 
 
 def sample_pairs(groups: Sequence[np.ndarray], row_offsets: Sequence[int] | None = None, per_anchor: int = 2,
-                 seed: int = 0, skip_positions: Sequence[int] = ()) -> PairSet:
+                 seed: int = 0, skip_positions: Sequence[int] = (),
+                 subgroups: Sequence[np.ndarray] | None = None) -> PairSet:
     """Balanced same-group (1) / different-group (0) pairs within each unit.
 
     ``groups[u]`` gives each token of unit u a group id (−1: not part of any
@@ -176,6 +207,14 @@ def sample_pairs(groups: Sequence[np.ndarray], row_offsets: Sequence[int] | None
     first token (default: cumulative lengths); ``skip_positions`` are token
     positions never paired (e.g. 0, whose activations are attention-sink
     outliers in most LLMs).
+
+    With ``subgroups`` (e.g. the mention index of each token within its entity)
+    positives are of two kinds, sampled and balanced separately: each anchor gets
+    up to ``per_anchor`` partners from *other* subgroups of its group (``CROSS``:
+    binding across mentions) and up to ``per_anchor`` from its own subgroup
+    (``WITHIN``: sub-tokens of one mention, which adjacency alone can tell), each
+    matched by as many different-group partners of the same anchor; ``kind``
+    records the subset, and each subset is balanced on its own.
     """
     if per_anchor < 1:
         raise InterpError(f"per_anchor must be >= 1, got {per_anchor}")
@@ -183,6 +222,10 @@ def sample_pairs(groups: Sequence[np.ndarray], row_offsets: Sequence[int] | None
         row_offsets = np.concatenate([[0], np.cumsum([len(g) for g in groups])[:-1]]).tolist()
     if len(row_offsets) != len(groups):
         raise InterpError(f"got {len(row_offsets)} row offsets for {len(groups)} units")
+    if subgroups is not None:
+        if len(subgroups) != len(groups) or any(len(s) != len(g) for s, g in zip(subgroups, groups)):
+            raise InterpError("subgroups must give one subgroup id per token of every unit, like groups")
+        return _sample_by_kind(groups, subgroups, row_offsets, per_anchor, seed, skip_positions)
     rng = np.random.default_rng(seed)
     pos, neg = set(), set()
     for u, g in enumerate(groups):
@@ -209,6 +252,49 @@ def sample_pairs(groups: Sequence[np.ndarray], row_offsets: Sequence[int] | None
     rows = np.array(pos_l + neg_l, dtype=np.int64)
     labels = np.array([1] * n + [0] * n, dtype=np.int64)
     return PairSet(torch.from_numpy(rows[:, :2].copy()), torch.from_numpy(labels), torch.from_numpy(rows[:, 2].copy()))
+
+
+def _sample_by_kind(groups, subgroups, row_offsets, per_anchor: int, seed: int, skip_positions) -> PairSet:
+    """``sample_pairs`` with subgroups: cross- and within-subgroup positives, each with its own negatives."""
+    rng = np.random.default_rng(seed)
+    pos: dict[tuple, int] = {}
+    neg: dict[tuple, int] = {}
+    for u, (g, m) in enumerate(zip(groups, subgroups)):
+        g, m = np.asarray(g).copy(), np.asarray(m)
+        g[[p for p in skip_positions if p < len(g)]] = -1
+        valid = np.nonzero(g >= 0)[0]
+        base = row_offsets[u]
+        for a in valid:
+            same = valid[(g[valid] == g[a]) & (valid != a)]
+            other = valid[g[valid] != g[a]]
+            cross, within = same[m[same] != m[a]], same[m[same] == m[a]]
+            k_c = min(per_anchor, len(cross), len(other))
+            k_w = min(per_anchor, len(within), len(other) - k_c)
+            if k_c + k_w == 0:
+                continue
+            negs = rng.choice(other, k_c + k_w, replace=False)
+            for kind, partners, matched in ((CROSS, cross, negs[:k_c]), (WITHIN, within, negs[k_c:])):
+                k = len(matched)
+                if k == 0:
+                    continue
+                for b in rng.choice(partners, k, replace=False):
+                    pos.setdefault((base + min(a, b), base + max(a, b), u), kind)
+                for c in matched:
+                    neg.setdefault((base + min(a, c), base + max(a, c), u), kind)
+    rows, labels, kinds = [], [], []
+    for kind in (CROSS, WITHIN):  # balance each subset on its own
+        p = sorted(k for k, v in pos.items() if v == kind)
+        q = sorted(k for k, v in neg.items() if v == kind)
+        n = min(len(p), len(q))
+        for lab, items in ((1, p), (0, q)):
+            rows += [items[i] for i in sorted(rng.choice(len(items), n, replace=False))]
+            labels += [lab] * n
+            kinds += [kind] * n
+    if not rows:
+        raise InterpError("no pairs could be made: each unit needs at least two groups, one with two or more tokens")
+    arr = np.array(rows, dtype=np.int64)
+    return PairSet(torch.from_numpy(arr[:, :2].copy()), torch.tensor(labels, dtype=torch.long),
+                   torch.from_numpy(arr[:, 2].copy()), torch.tensor(kinds, dtype=torch.long))
 
 
 def split_units(n_units: int, test_fraction: float = 0.25, seed: int = 0) -> tuple[list[int], list[int]]:
