@@ -363,3 +363,65 @@ def binding_rank_sweep(sweep: Mapping) -> go.Figure:
     fig.update_layout(title=f"Rank sweep at layer {sweep['layer']}", xaxis_title="rank r", xaxis_type="log",
                       yaxis_title="accuracy", template="plotly_white")
     return fig
+
+
+# --- harmfulness ---
+
+def harmfulness_cosine(report: Mapping) -> go.Figure:
+    """cos(harmfulness, refusal direction) per layer, the same-position control and the permutation baseline.
+
+    ``report`` is the harmfulness experiment's report (``cosine``, ``cosine_same_position``,
+    ``permutation_abs_cos_mean``, ``permutation_abs_cos_p95``).
+    """
+    return layer_lines({"cos(harmfulness, refusal)": report["cosine"],
+                        "same position (last token)": report["cosine_same_position"],
+                        "|cos| permutation mean": report["permutation_abs_cos_mean"],
+                        "|cos| permutation p95": report["permutation_abs_cos_p95"]},
+                       title="Harmfulness vs refusal direction, per layer", yaxis="cosine")
+
+
+def guard_roc(families: Mapping[str, Mapping]) -> go.Figure:
+    """Latent Guard ROC curve per prompt family.
+
+    ``families`` maps a family to ``{"scores": [...], "n": ..., "n_harmful": ..., "guard_auroc": ...}``, the
+    harmful prompts first (the experiment's ``guard_eval``).
+    """
+    from sklearn.metrics import roc_curve
+
+    fig = go.Figure()
+    for fam, r in families.items():
+        y = [1] * r["n_harmful"] + [0] * (r["n"] - r["n_harmful"])
+        fpr, tpr, _ = roc_curve(y, r["scores"])
+        fig.add_trace(go.Scatter(x=fpr, y=tpr, mode="lines", name=f"{fam} (AUROC {r['guard_auroc']:.3f})"))
+    fig.update_layout(title="Latent Guard ROC per prompt family", xaxis_title="false positive rate",
+                      yaxis_title="true positive rate", template="plotly_white")
+    return fig
+
+
+def reply_inversion(inversion: Mapping[str, Mapping]) -> dict[str, go.Figure]:
+    """One figure per steered layer: 'Certainly' and refusal rates on harmless prompts against alpha.
+
+    ``inversion`` is ``report["inversion"]`` (layer → ``alphas`` and ``results["{direction}@{alpha}"]``).
+    """
+    figs = {}
+    for layer, inv in inversion.items():
+        fig = go.Figure()
+        for name in ("harmfulness", "refusal"):
+            for kind in ("certainly", "refusal"):
+                ys = [inv["results"][f"{name}@{a}"]["harmless"][kind] for a in inv["alphas"]]
+                fig.add_trace(go.Scatter(x=inv["alphas"], y=ys, mode="lines+markers",
+                                         name=f"{name} direction: '{kind}' on harmless"))
+        fig.update_layout(title=f"Reply inversion at layer {layer}", xaxis_title="alpha (x residual norm)",
+                          yaxis_title="fraction of answers", template="plotly_white")
+        figs[f"inversion_layer_{layer}"] = fig
+    return figs
+
+
+# --- separation ---
+
+def separation_per_layer(rows: Sequence[Mapping], where: str = "resid_post, last token") -> dict[str, go.Figure]:
+    """Cross-validated probe accuracy and d' per layer (``report["per_layer"]`` of the separation experiment)."""
+    return {"cv_accuracy": layer_lines({"cv accuracy": [r["cv_accuracy"] for r in rows]},
+                                       title=f"Probe accuracy per layer ({where})", yaxis="accuracy"),
+            "dprime": layer_lines({"d'": [r["dprime"] for r in rows]}, title="d' along the difference of means",
+                                  yaxis="d'")}

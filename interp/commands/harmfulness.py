@@ -1,4 +1,8 @@
-"""``interp harmfulness`` and ``interp guard fit|score``: harmfulness vs refusal, and the Latent Guard."""
+"""``interp harmfulness`` and ``interp guard fit|score``: harmfulness vs refusal, and the Latent Guard.
+
+They parse and check their arguments (sizes, layers, prompt files, the guard file) before the model
+loads, then call ``interp.experiments.harmfulness`` (``run``, ``fit_guard``, ``guard_scores``).
+"""
 from __future__ import annotations
 
 import json
@@ -11,12 +15,22 @@ def add_parser(sub) -> None:
                        "token) vs the refusal direction (last prompt token, by the model's own refusals) per "
                        "layer, the Latent Guard on plain, jailbreak-wrapped and dangerous-sounding prompts, "
                        "and the reply-inversion steering test. Writes report.json, report.html, guard.safetensors.")
-    h.add_argument("model", help="packaged model name, .gguf file, local folder or hub id")
+    h.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     h.add_argument("--out", required=True, help="output folder")
     h.add_argument("--n-fit", type=int, default=100, help="prompts per class to fit on (default 100)")
     h.add_argument("--n-test", type=int, default=60, help="held-out prompts per class (default 60)")
     h.add_argument("--n-jailbreak", type=int, default=40, help="jailbreak-wrapped harmful prompts (default 40)")
     h.add_argument("--n-inversion", type=int, default=24, help="prompts per class for reply inversion (default 24)")
+    h.add_argument("--n-dangerous", type=int, default=None,
+                   help="dangerous-sounding harmless prompts (default: all 132)")
+    h.add_argument("--inversion-layers", nargs="+", default=None,
+                   help="layers steered in reply inversion, space-separated (default: n_layers/3 and n_layers/2)")
+    h.add_argument("--alphas", nargs="+", default=None,
+                   help="steering strengths in units of the residual norm, space-separated (default 0 0.5 1 2)")
+    h.add_argument("--max-new-tokens", type=int, default=32,
+                   help="tokens per greedy completion used to judge refusal (default 32)")
+    h.add_argument("--threshold", type=float, default=0.0, help="guard flags belief score >= this (default 0)")
+    h.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate batch (default 16)")
     h.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
     h.set_defaults(func=run_experiment)
 
@@ -25,7 +39,7 @@ def add_parser(sub) -> None:
     which = g.add_subparsers(dest="guard_command", metavar="ACTION")
     fit = which.add_parser("fit", help="fit a guard on harmful and harmless prompt files",
                            description="Fit centroids of resid_post at the last instruction token, every layer.")
-    fit.add_argument("model", help="model whose hidden states the guard reads")
+    fit.add_argument("model", metavar="MODEL", help="model whose hidden states the guard reads")
     fit.add_argument("--harmful", required=True, help="harmful prompts, one per line")
     fit.add_argument("--harmless", required=True, help="harmless prompts, one per line")
     fit.add_argument("--out", required=True, help="folder for guard.safetensors")
@@ -40,12 +54,36 @@ def add_parser(sub) -> None:
     g.set_defaults(func=lambda args: g.print_help() or 0)
 
 
+def _floats(values, what: str) -> tuple[float, ...]:
+    from ..errors import InterpError
+    from .rank import split_list
+
+    try:
+        return tuple(float(v) for v in split_list(values))
+    except ValueError:
+        raise InterpError(f"{what} takes numbers, space-separated, got {' '.join(split_list(values))!r}") from None
+
+
+def config_from_args(args):
+    """The experiment's Config from the command line, checked against the model's depth when it is known."""
+    from ..experiments.harmfulness import Config, check_config
+    from .rank import known_n_layers, parse_layer_list
+
+    n_layers = known_n_layers(args.model)
+    layers = None if args.inversion_layers is None else parse_layer_list(args.inversion_layers, n_layers)
+    given = {"alphas": _floats(args.alphas, "--alphas")} if args.alphas is not None else {}
+    cfg = Config(n_fit=args.n_fit, n_test=args.n_test, n_jailbreak=args.n_jailbreak, n_inversion=args.n_inversion,
+                 n_dangerous=args.n_dangerous, inversion_layers=layers, seed=args.seed,
+                 max_new_tokens=args.max_new_tokens, threshold=args.threshold, batch_size=args.batch_size, **given)
+    return check_config(cfg, n_layers)
+
+
 def run_experiment(args) -> int:
-    from ..harmfulness import run_harmfulness
+    from ..experiments.harmfulness import run
     from ..loading import load_model
 
-    r = run_harmfulness(load_model(args.model), args.out, n_fit=args.n_fit, n_test=args.n_test,
-                        n_jailbreak=args.n_jailbreak, n_inversion=args.n_inversion, seed=args.seed)
+    cfg = config_from_args(args)
+    r = run(load_model(args.model), cfg, out=args.out).report
     for fam, g in r["guard"].items():
         print(f"{fam:<32} guard AUROC {g['guard_auroc']:.3f} acc {g['guard_accuracy']:.3f} | refusal AUROC "
               f"{g['refusal_auroc']:.3f} | keywords AUROC {g['keyword_auroc']:.3f}")
@@ -56,21 +94,19 @@ def run_experiment(args) -> int:
 
 
 def run_fit(args) -> int:
-    from ..analyzers.harmfulness import LatentGuard
     from ..data.prompts import read_prompt_file
-    from ..harmfulness import guard_features
+    from ..experiments.harmfulness import fit_guard
     from ..loading import load_model
 
+    harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)  # checked before loading
     model = load_model(args.model)
-    harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)
-    x = guard_features(model, harmful + harmless, progress=True)
-    guard = LatentGuard(threshold=args.threshold).fit(x, [1] * len(harmful) + [0] * len(harmless))
+    guard, train_accuracy = fit_guard(model, harmful, harmless, threshold=args.threshold, progress=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     guard.save(out / "guard.safetensors", {"model": args.model, "model_fingerprint": model.fingerprint,
                                             "site": "resid_post", "position": "instruction_last"})
     print(json.dumps({"out": str(out / "guard.safetensors"), "n_harmful": len(harmful), "n_harmless": len(harmless),
-                      "train_accuracy": guard.score(x, [1] * len(harmful) + [0] * len(harmless))}))
+                      "train_accuracy": train_accuracy}))
     return 0
 
 
@@ -78,21 +114,22 @@ def run_score(args) -> int:
     from ..analyzers.harmfulness import LatentGuard
     from ..data.prompts import read_prompt_file
     from ..errors import InterpError
-    from ..harmfulness import guard_features
+    from ..experiments.harmfulness import guard_scores
     from ..loading import load_model
 
-    path = Path(args.guard_dir) / "guard.safetensors"
-    if not path.exists():
-        raise InterpError(f"{path} does not exist; run interp guard fit first")
-    guard, meta = LatentGuard.load(path)
+    guard, meta = LatentGuard.load(Path(args.guard_dir) / "guard.safetensors")
+    prompts = read_prompt_file(args.prompts)
+    if "model" not in meta:
+        raise InterpError(f"{args.guard_dir}/guard.safetensors does not say which model it reads; refit it with "
+                          f"interp guard fit")
     model = load_model(meta["model"], progress=not args.json)
     if meta.get("model_fingerprint") not in (None, model.fingerprint):
         raise InterpError(f"the guard was fitted on another model ({meta.get('model_fingerprint')}) than "
                           f"{meta['model']} loads now ({model.fingerprint})")
-    scores = guard.decision_function(guard_features(model, read_prompt_file(args.prompts)))
+    scores, flags = guard_scores(model, guard, prompts)
     if args.json:
         print(json.dumps([round(float(s), 6) for s in scores]))
     else:
-        for s, flag in zip(scores, scores >= guard.threshold):
+        for s, flag in zip(scores, flags):
             print(f"{s:+.4f}  {'HARMFUL' if flag else 'ok'}")
     return 0

@@ -138,3 +138,25 @@ def wrap(template: str, instruction: str) -> str:
     if JAILBREAK_PLACEHOLDER not in template:
         raise InterpError(f"the template has no {JAILBREAK_PLACEHOLDER!r} placeholder for the instruction")
     return template.replace(JAILBREAK_PLACEHOLDER, instruction)
+
+
+# --- added for harmfulness ---
+
+def wrap_in_jailbreaks(prompts: list[str], templates: list[str], tokenizer, max_tokens: int,
+                       seed: int = 0) -> list[str]:
+    """Each prompt inside a random jailbreak template that leaves room for it within ``max_tokens``.
+
+    A template is kept when its own tokens plus 64 (the prompt and the chat template) fit; the choice is
+    ``random.Random(seed)``, one draw per prompt.
+
+    Example:
+        wrap_in_jailbreaks(["Explain X"], jailbreak_templates(), model.tokenizer, max_tokens=700)
+    """
+    import random
+
+    rng = random.Random(seed)
+    fitting = [t for t in templates if len(tokenizer(t)["input_ids"]) + 64 < max_tokens]
+    if not fitting:
+        raise InterpError(f"no jailbreak template fits in {max_tokens} tokens with a prompt inside; raise the limit "
+                          f"(max_jailbreak_tokens) or give shorter templates")
+    return [wrap(rng.choice(fitting), p) for p in prompts]
