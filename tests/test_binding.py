@@ -394,24 +394,40 @@ def test_cli_parses_lists_and_fails_before_loading(capsys):
 
 
 @pytest.mark.slow
-def test_entity_binding_on_smollm(smollm):
+def test_lowrank_beats_linear_on_held_out_cross_mention_pairs(smollm):
+    """The paper's claim on held-out texts: a relational (low-rank quadratic) probe reads binding, a linear one
+    cannot. Cross-mention pairs only (tokens of different mentions of one entity vs different entities), so
+    sub-tokens of one name (adjacency) do not count. ~25 s on a loaded 2-core machine.
+
+    Measured (layer 15, rank 8, 15 epochs, test texts): seed 0 lowrank 0.786 vs linear 0.475 (+0.31), majority
+    0.508; seeds 1 / 2: +0.23 / +0.22. Thresholds: +0.15 over linear and +0.15 over the majority class, about
+    0.07 below the smallest gain seen over three seeds (one test split has ~400 pairs, SE ≈ 2.5 points).
+    """
     from interp.experiments import binding
 
-    report = binding.run(smollm, binding.Config(layers=[12], rank=8, ranks=[], epochs=15, kinds=["linear", "lowrank"],
-                                                ablation=False)).report
-    lin, low = report["accuracy"]["linear"][0], report["accuracy"]["lowrank"][0]
-    assert low > lin + 0.05 and low > report["majority_baseline"] + 0.1, report["accuracy"]
+    result = binding.run(smollm, binding.Config(layers=[15], rank=8, ranks=[], epochs=15, kinds=["linear", "lowrank"],
+                                                ablation=False, progress=False))
+    report = result.report
+    assert result.protocol["selected_on"] == "validation" and report["pairs"]["cross"]["test"]["n"] > 300
+    lin, low = report["accuracy_cross"]["linear"][0], report["accuracy_cross"]["lowrank"][0]
+    maj = report["majority_baseline_cross"]
+    assert low > lin + 0.15 and low > maj + 0.15, (lin, low, maj)
 
 
 @pytest.mark.slow
 def test_entity_binding_targets_on_default_model(qwen):
+    """Qwen2.5-Coder-0.5B at layer 12, cross-mention pairs of the test texts.
+
+    Not re-measured under the three-way split (CPU budget); before it, on all pairs of 18 held-out texts: full
+    0.832, low-rank r=16 0.857, linear 0.528. The threshold keeps the same +0.05 margin the old test used.
+    """
     from interp.experiments import binding
 
     report = binding.run(qwen, binding.Config(layers=[12], rank=16, ranks=[], kinds=["linear", "full", "lowrank"],
-                                              ablation=False)).report
-    acc = {k: v[0] for k, v in report["accuracy"].items()}
-    assert acc["full"] > acc["linear"] + 0.05 and acc["full"] > report["majority_baseline"] + 0.1, acc
-    assert acc["lowrank"] >= acc["full"] - 0.02, acc
+                                              ablation=False, progress=False)).report
+    acc = {k: v[0] for k, v in report["accuracy_cross"].items()}
+    assert acc["full"] > acc["linear"] + 0.05 and acc["lowrank"] > acc["linear"] + 0.05, acc
+    assert acc["lowrank"] > report["majority_baseline_cross"] + 0.1, acc
 
 
 # ---------------------------------------------------------------- scikit-learn contract
