@@ -652,7 +652,7 @@ def _cli_rows():
                                                        "{store}", "--sites", "resid_pre.0"], 2, "refusing to mix"),
         ("capture: store folder with stray shards", ["capture", "{folder}", "--prompts", "{files}/ok.txt", "--out",
                                                      "{stray}"], 2, "no manifest.json"),
-        ("models: unknown option", ["models", "--yaml"], 2, "unrecognized arguments"),
+        ("models: unknown --yaml option", ["models", "--yaml"], 2, "unrecognized arguments"),
         ("no such command", ["frobnicate"], 2, "invalid choice"),
     ]
     from interp.cli import COMMANDS
