@@ -258,7 +258,7 @@ def illusion_fractions(subspaces: Mapping) -> go.Figure:
 # --- numeric ---
 
 def numeric_r2(report: Mapping) -> go.Figure:
-    """Entity-held-out R² per layer: PLS and each baseline (the numeric experiment's report).
+    """R² per layer: PLS and each baseline (the numeric experiment's report: validation entities, fitted on train).
 
     Example:
         >>> r = {"layers": [0, 1], "pls_r2": [0.1, 0.8], "baselines": {"ridge": [0.0, 0.7]}, "target": "year",
@@ -269,28 +269,33 @@ def numeric_r2(report: Mapping) -> go.Figure:
     fig = go.Figure()
     for name, ys in [("PLS", report["pls_r2"])] + list(report["baselines"].items()):
         fig.add_trace(go.Scatter(x=list(report["layers"]), y=list(ys), mode="lines+markers", name=name))
-    fig.update_layout(title=f"Entity-held-out R² of {report['target']} ({report['n_entities']} entities)",
+    split = report.get("r2_split", "entity-held-out")
+    fig.update_layout(title=f"{split} R² of {report['target']} ({report['n_entities']} entities in all)",
                       xaxis_title="layer", yaxis_title="R²", template="plotly_white")
     return fig
 
 
 def numeric_flips(flip: Mapping) -> go.Figure:
-    """Flip rate against α per flip layer: the PLS direction (solid) beside random directions (dotted).
+    """Flip rate against α per flip layer: each direction (PLS pattern solid, filter dashed, random dotted).
+
+    ``flip`` is a flip-test result: ``flip_rate[name][layer][alpha]`` (or the older ``flip_rate_pls`` and
+    ``flip_rate_random`` grids).
 
     Example:
-        >>> f = {"layers": [3], "alphas": [0.5, 1.0], "flip_rate_pls": [[0.1, 0.4]], "flip_rate_random": [[0.0, 0.1]],
-        ...      "n_pairs": 16, "baseline_accuracy": 0.75}
+        >>> f = {"layers": [3], "alphas": [-1.0, 1.0], "flip_rate": {"pattern": [[0.1, 0.4]], "filter": [[0.0, 0.2]],
+        ...      "random": [[0.0, 0.1]]}, "n_pairs": 16, "baseline_accuracy": 0.75}
         >>> len(numeric_flips(f).data)
-        2
+        3
     """
+    rates = flip.get("flip_rate") or {"pattern": flip["flip_rate_pls"], "random": flip["flip_rate_random"]}
+    dash = {"pattern": "solid", "filter": "dash", "random": "dot"}
     fig = go.Figure()
     for li, layer in enumerate(flip["layers"]):
-        fig.add_trace(go.Scatter(x=list(flip["alphas"]), y=list(flip["flip_rate_pls"][li]), mode="lines+markers",
-                                 name=f"PLS, layer {layer}"))
-        fig.add_trace(go.Scatter(x=list(flip["alphas"]), y=list(flip["flip_rate_random"][li]), mode="lines+markers",
-                                 line={"dash": "dot"}, name=f"random, layer {layer}"))
+        for name, grid in rates.items():
+            fig.add_trace(go.Scatter(x=list(flip["alphas"]), y=list(grid[li]), mode="lines+markers",
+                                     line={"dash": dash.get(name, "solid")}, name=f"{name}, layer {layer}"))
     fig.update_layout(title=f"Answer flips ({flip['n_pairs']} prompts, baseline accuracy "
-                      f"{flip['baseline_accuracy']:.2f})", xaxis_title="α (× mean residual norm)",
+                      f"{flip['baseline_accuracy']:.2f})", xaxis_title="α (edit α·u, u a unit vector)",
                       yaxis_title="flip rate", template="plotly_white")
     return fig
 

@@ -1,5 +1,6 @@
-"""Numeric subspaces: the PLS estimator (and its scikit-learn contract), entity-held-out CV, entity tables,
-positions, the flip test through interventions, the experiment's report, the command."""
+"""Numeric subspaces: the PLS estimator (and its scikit-learn contract), entity-held-out scores, entity tables,
+positions, the α-sweep flip test through interventions, the validation/test protocol, the experiment's report,
+the command, and (slow) the paper's probing claim on the packaged Qwen model."""
 import json
 
 import numpy as np
@@ -7,11 +8,10 @@ import pytest
 import torch
 
 from interp import InterpError
-from interp.analyzers.numeric import NumericSubspace, cross_validate_layers, entity_folds
+from interp.analyzers.numeric import NumericSubspace, cross_validate_layers, entity_folds, heldout_scores
 from interp.data.entities import ATTRIBUTES, comparison_pairs, get_attribute, load_entities
 from interp.experiments import numeric
-from interp.experiments.numeric import entity_positions, flip_test, parse_number, push, recall_filter
-from interp.numeric_experiment import run_numeric
+from interp.experiments.numeric import choose_flip, entity_positions, flip_test, parse_number, recall_filter
 
 
 def planted(n=400, d=24, seed=0, noise=1.0):
@@ -35,15 +35,24 @@ def test_subspace_finds_planted_direction():
     assert est.transform(X[:5]).shape == (5, 3)
 
 
-def test_direction_is_first_weight_divided_by_scale():
+def test_direction_is_the_papers_pattern_and_the_filter_differs():
+    """The steering direction is x_weights·scale (the paper's code maps it back that way), the read-out filter
+    x_weights/scale; with features on very different scales the two differ and only the filter reads the value."""
     X, y, _ = planted()
     X = X * np.linspace(0.1, 10, X.shape[1])  # features on very different scales
     est = NumericSubspace(n_components=2).fit(X, y)
-    w = est.pls_.x_weights_[:, 0] / X.std(0)
-    w /= np.linalg.norm(w)
-    assert abs(est.direction_ @ w) == pytest.approx(1.0, abs=1e-9)
+    pattern = est.pls_.x_weights_[:, 0] * X.std(0)
+    pattern /= np.linalg.norm(pattern)
+    filt = est.pls_.x_weights_[:, 0] / X.std(0)
+    filt /= np.linalg.norm(filt)
+    assert abs(est.direction_ @ pattern) == pytest.approx(1.0, abs=1e-9)
+    assert abs(est.filter_direction_ @ filt) == pytest.approx(1.0, abs=1e-9)
+    assert abs(est.direction_ @ est.filter_direction_) < 0.9  # not the same vector under unequal scales
+    # both signed so the prediction grows along them
+    for v in (est.direction_, est.filter_direction_):
+        assert (est.predict(X[:20] + v) > est.predict(X[:20])).all()
     raw = NumericSubspace(n_components=2, scale=False).fit(X, y)
-    assert np.allclose(raw.scaler_scale_, 1.0)
+    assert np.allclose(raw.scaler_scale_, 1.0) and np.allclose(raw.direction_, raw.filter_direction_)
 
 
 def test_subspace_bad_input():
@@ -87,6 +96,22 @@ def test_cross_validation_by_entity_with_baselines():
         entity_folds(["a", "b", "c", "a"], 5)
     with pytest.raises(InterpError, match="group labels"):
         cross_validate_layers(np.stack([signal]), t[rows], groups[:10], progress=False)
+
+
+def test_heldout_scores_fit_on_train_and_score_held_out_rows():
+    X, t, _ = planted(n=60, seed=1, noise=0.3)
+    rng = np.random.default_rng(2)
+    rows = np.repeat(np.arange(60), 2)
+    signal = X[rows] + 0.1 * rng.normal(size=(120, X.shape[1]))
+    noise = rng.normal(size=signal.shape)
+    from interp.protocol import split_groups
+
+    s = split_groups(rows.tolist(), seed=0, unit="entity")
+    out = heldout_scores(np.stack([noise, signal]), t[rows], s.train, s.test, n_components=3, progress=False)
+    # measured (deterministic): signal layer 0.881 on the 12 test entities; noise layer and shuffled below 0
+    assert out["pls"][1] > 0.8 and out["pls"][0] < 0.2 and out["shuffled"][1] < 0.3
+    with pytest.raises(InterpError, match="overlap"):
+        heldout_scores(np.stack([signal]), t[rows], s.train, s.train[:4], progress=False)
 
 
 def test_parse_number():
@@ -156,40 +181,103 @@ def test_recall_filter_keeps_entities_within_tolerance(tiny_llama, monkeypatch):
                          tolerance=50, progress=False).known.tolist() == [True, True, False]
 
 
-def test_flip_test_zero_push_flips_nothing_and_fast_path_matches_full_forward(tiny_llama):
+def test_comparison_pairs_use_each_pair_at_most_once_per_order():
+    att = get_attribute("birth_year")
+    names, values = ["A", "B", "C"], np.array([1900.0, 1800.0, 1850.0])
+    pairs = comparison_pairs(att, names, values, 10, seed=0)
+    assert len(pairs) == 6 and len(set(pairs)) == 6  # 3 unordered pairs, each in both orders, no more
+    assert sum(t for *_, t in pairs) == 3
+    assert all((dict(zip(names, values))[a] < dict(zip(names, values))[b]) == yes for a, b, yes in pairs)
+
+
+def test_sweep_stacked_in_one_batch_equals_one_edit_at_a_time(tiny_llama):
+    """Every (direction, α) edit stacked into the batch dimension (chunks of max_rows rows, AddPerPrompt at
+    resid_pre.1 on the cached residual) gives the Yes−No logit difference of one full forward per edit
+    (Add at resid_post.0 at each prompt's second entity)."""
+    from interp.capture import recording
+    from interp.evaluation import logit_diff
+    from interp.experiments.numeric import answer_tokens, sweep
     from interp.interventions import Add
 
+    att = get_attribute("birth_year")
+    names, values = load_entities(att, 30)
+    pairs = comparison_pairs(att, names, values, 5, seed=1)
+    prompts = [att.compare.format(a=a, b=b) for a, b, _ in pairs]
+    pos = entity_positions(tiny_llama, prompts, [b for _, b, _ in pairs])
+    enc = tiny_llama.encode(prompts)
+    batch = tiny_llama.pad(enc.ids)
+    y, n, _ = answer_tokens(tiny_llama, batch)
+    ans = torch.tensor([[y, n]])
+    vecs = torch.randn(3, tiny_llama.d_model, generator=torch.Generator().manual_seed(0))
+    vecs = vecs / vecs.norm(dim=1, keepdim=True)
+    alphas = [-40.0, -2.0, 2.0, 40.0]
+    at = torch.zeros(len(prompts), max(map(len, enc.ids)), dtype=torch.bool)
+    at[torch.arange(len(prompts)), torch.tensor([p[0] for p in pos])] = True
+    with recording(tiny_llama, "resid_post.0") as rec:
+        base = logit_diff(tiny_llama.last_logits(batch).float(), ans.expand(len(prompts), 2))
+    diff, tok = sweep(tiny_llama, batch, rec["resid_post.0"], 0, at, vecs, alphas, ans, max_rows=7)  # uneven chunks
+    assert diff.shape == tok.shape == (3, 4, 5)
+    for vi in range(3):
+        for ai, a in enumerate(alphas):
+            with tiny_llama.intervene({"resid_post.0": Add(vecs[vi], a, positions=pos)}):
+                logits = tiny_llama.last_logits(batch).float()
+            np.testing.assert_allclose(diff[vi, ai], logit_diff(logits, ans.expand(len(prompts), 2)).numpy(),
+                                       rtol=1e-4, atol=1e-5)
+            assert (tok[vi, ai] == logits.argmax(-1).numpy()).all()
+    assert np.abs(diff[:, [0, 3]] - base.numpy()).max() > 1e-4  # the edits did something
+
+
+def test_flip_test_counts_a_flip_at_any_alpha(tiny_llama, monkeypatch):
+    """flip_rate[..][α] is the share of prompts whose Yes/No sign changed at that α; flip_rate_any the share
+    that changed at any α; "random" averages the random directions (here: sweep outputs planted by hand)."""
+    att = get_attribute("birth_year")
+    names, values = load_entities(att, 30)
+    pairs = comparison_pairs(att, names, values, 4, seed=1)
+    planted = {}
+
+    def fake_sweep(model, batch, resid, layer, at, vectors, alphas, answers, max_rows=256):
+        diff = np.random.default_rng(len(planted)).normal(size=(len(vectors), len(alphas), resid.shape[0]))
+        planted[len(planted)] = diff
+        return diff, np.zeros(diff.shape, dtype=np.int64)
+
+    monkeypatch.setattr(numeric, "sweep", fake_sweep)
+    u = np.ones(tiny_llama.d_model)
+    res = flip_test(tiny_llama, att, pairs, {0: {"pattern": u, "filter": -u}}, [-1.0, 1.0, 2.0], n_random=2,
+                    batch_size=4, progress=False)
+    diff = planted[0]
+    from interp.evaluation import logit_diff
+    from interp.experiments.numeric import answer_tokens
+
+    prompts = [att.compare.format(a=a, b=b) for a, b, _ in pairs]
+    batch = tiny_llama.pad(tiny_llama.encode(prompts).ids)
+    y, n, _ = answer_tokens(tiny_llama, batch)
+    said = (logit_diff(tiny_llama.last_logits(batch).float(), torch.tensor([[y, n]]).expand(4, 2)) > 0).numpy()
+    flips = (diff > 0) != said  # [vectors, alphas, prompts]
+    assert res["flip_rate"]["pattern"][0] == pytest.approx(flips[0].mean(-1).tolist())
+    assert res["flip_rate_any"]["filter"][0] == pytest.approx(flips[1].any(0).mean())
+    assert res["flip_rate_any"]["random"][0] == pytest.approx(flips[2:].any(1).mean(-1).mean())
+    assert res["flip_rate_random_per_direction"][0] == pytest.approx(flips[2:].any(1).mean(-1).tolist())
+    assert res["flip_rate_any"]["pattern"][0] >= max(res["flip_rate"]["pattern"][0])
+    assert res["flip_rate_pls"] == res["flip_rate"]["pattern"] and res["n_pairs"] == 4
+    with pytest.raises(InterpError, match="flip layers"):
+        flip_test(tiny_llama, att, pairs, {1: u}, [1.0], progress=False)
+
+
+def test_zero_alpha_flips_nothing(tiny_llama):
     att = get_attribute("birth_year")
     names, values = load_entities(att, 20)
     pairs = comparison_pairs(att, names, values, 6)
     u = np.random.default_rng(0).normal(size=tiny_llama.d_model)
-    u /= np.linalg.norm(u)
-    res = flip_test(tiny_llama, att, pairs, {0: u}, [0.0], {0: 1.0}, n_random=2, progress=False)
-    assert res["flip_rate_pls"] == [[0.0]] and res["flip_rate_random"] == [[0.0]]
-    assert res["n_pairs"] == 6 and 0 <= res["baseline_accuracy"] <= 1
-    # the cached-residual shortcut the flip test uses (Add at resid_pre.1 while only blocks 1.. run on the
-    # cached resid_post.0) equals the same Add at resid_post.0 in a full forward
+    res = flip_test(tiny_llama, att, pairs, {0: u}, [0.0], n_random=2, progress=False)
+    assert res["flip_rate_any"] == {"pattern": [0.0], "random": [0.0]}
+    assert res["flip_rate_any_token"] == {"pattern": [0.0], "random": [0.0]}
+
+
+def test_add_per_prompt_equals_the_hand_written_edit(tiny_llama):
+    """AddPerPrompt at resid_pre.1 on the cached resid_post.0 gives exactly the logits of the cached tensor
+    changed in place at each prompt's padded column by that prompt's own vector."""
     from interp.capture import recording
-
-    prompts = [att.compare.format(a=a, b=b) for a, b, _ in pairs[:2]]
-    batch = tiny_llama.pad(tiny_llama.encode(prompts).ids)
-    vec = torch.as_tensor(u, dtype=torch.float32)
-    with recording(tiny_llama, "resid_post.0") as rec:
-        tiny_llama.last_logits(batch)
-    with tiny_llama.intervene({"resid_pre.1": Add(vec, 5.0, positions=[-3])}):
-        fast = tiny_llama.last_logits(batch, start_layer=1, resid=rec["resid_post.0"])
-    with tiny_llama.intervene({"resid_post.0": Add(vec, 5.0, positions=[-3])}):
-        slow = tiny_llama.last_logits(batch)
-    torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-4)
-    with pytest.raises(InterpError, match="flip layers"):
-        flip_test(tiny_llama, att, pairs, {1: u}, [1.0], {1: 1.0}, progress=False)
-
-
-def test_flip_edit_equals_the_hand_written_edit(tiny_llama):
-    """The flip test's edit (``push``: ``Add`` with per-prompt positions and signs, attached at resid_pre.L+1
-    while blocks L+1.. run on the cached resid_post.L) gives exactly the logits of the edit it replaced:
-    the cached tensor changed in place at each prompt's padded column."""
-    from interp.capture import recording
+    from interp.interventions import AddPerPrompt
 
     att = get_attribute("birth_year")
     names, values = load_entities(att, 30)
@@ -200,58 +288,131 @@ def test_flip_edit_equals_the_hand_written_edit(tiny_llama):
     batch = tiny_llama.pad(enc.ids)
     width = batch["input_ids"].shape[1]
     cols = torch.tensor([width - len(ids) + p[0] for ids, p in zip(enc.ids, pos)])
-    up = [True, False, False, True, True, False]
-    sign = torch.where(torch.tensor(up), 1.0, -1.0)
-    v = torch.randn(tiny_llama.d_model, generator=torch.Generator().manual_seed(0))
-    v = v / v.norm()
+    vecs = torch.randn(len(prompts), tiny_llama.d_model, generator=torch.Generator().manual_seed(0)) * 7
     with recording(tiny_llama, "resid_post.0") as rec:
         tiny_llama.last_logits(batch)
     h = rec["resid_post.0"]
-    for size in (0.5, 7.25, 300.0):
-        edited = h.clone()
-        edited[torch.arange(len(prompts)), cols] += (size * sign[:, None] * v[None]).to(edited.dtype)
-        by_hand = tiny_llama.last_logits(batch, start_layer=1, resid=edited)
-        with tiny_llama.intervene({"resid_pre.1": push(v, size, pos, up)}):
-            via_add = tiny_llama.last_logits(batch, start_layer=1, resid=h)
-        assert torch.equal(by_hand, via_add)
-        assert not torch.equal(by_hand, tiny_llama.last_logits(batch))  # the edit did something
-    # the flip test reads the answers with interp.evaluation.logit_diff and counts sign changes
-    res = flip_test(tiny_llama, att, pairs, {0: v.numpy()}, [0.5, 300.0], {0: 1.0}, n_random=1, batch_size=4,
-                    progress=False)
-    assert np.asarray(res["flip_rate_pls"]).shape == (1, 2) and len(res["flip_rate_random_per_seed"][0][0]) == 1
+    edited = h.clone()
+    edited[torch.arange(len(prompts)), cols] += vecs.to(edited.dtype)
+    by_hand = tiny_llama.last_logits(batch, start_layer=1, resid=edited)
+    with tiny_llama.intervene({"resid_pre.1": AddPerPrompt(vecs, positions=pos)}):
+        via_iv = tiny_llama.last_logits(batch, start_layer=1, resid=h)
+    assert torch.equal(by_hand, via_iv)
+    assert not torch.equal(by_hand, tiny_llama.last_logits(batch))  # the edit did something
+    with pytest.raises(InterpError, match="one vector per prompt"):
+        with tiny_llama.intervene({"resid_pre.1": AddPerPrompt(vecs[:2])}):
+            tiny_llama.last_logits(batch, start_layer=1, resid=h)
 
 
-def test_push_adds_with_a_sign_per_prompt():
-    x = torch.zeros(3, 4, 2)
-    v = torch.tensor([0.0, 1.0])
-    from interp.interventions import Context
-
-    y = push(v, 2.0, [[1], [3], [0]], [True, False, True]).apply(x, Context.whole(x))
-    assert y[:, :, 1].tolist() == [[0, 2, 0, 0], [0, 0, 0, -2], [2, 0, 0, 0]]
-    only_down = push(v, 1.0, [[0], [1]], [False, False]).apply(x[:2], Context.whole(x[:2]))
-    assert only_down[:, :, 1].tolist() == [[-1, 0, 0, 0], [0, -1, 0, 0]]
+def test_choose_flip_uses_the_gap_over_random():
+    f = {"layers": [2, 5], "alphas": [-3.0, 3.0, -30.0],
+         "flip_rate_any": {"pattern": [0.9, 0.5], "random": [0.8, 0.1]},  # layer 2 flips more, but so does random
+         "flip_rate": {"pattern": [[0.1, 0.1, 0.9], [0.3, 0.3, 0.2]], "random": [[0, 0, 0.8], [0.1, 0.1, 0.1]]}}
+    c = choose_flip(f)
+    assert c["layer"] == 5 and c["alpha"] == -3.0 and c["ratio"] == pytest.approx(5.0)  # tie on gap: smaller |α|
+    assert c["split"] == "validation"
 
 
-def test_run_numeric_writes_report(tiny_llama, tmp_path):
-    rep = run_numeric(tiny_llama, "atomic_number", tmp_path, max_entities=25, filter_known=False, n_pairs=6,
-                      n_random=2, alphas=(0.5, 4.0), progress=False)
+def _two_layer_data(fractions=(0.6, 0.2, 0.2), seed=0, n=50, d=12):
+    """Layer 0 carries the value for train and validation entities only; layer 1 a weaker copy for all."""
+    from interp.protocol import split_groups
+
+    rng = np.random.default_rng(5)
+    ents = [f"e{i // 2}" for i in range(2 * n)]
+    values = rng.normal(size=n)
+    y = np.repeat(values, 2)
+    s = split_groups(ents, fractions, seed, unit="entity")
+    v = rng.normal(size=d)
+    layer0 = y[:, None] * v + 0.05 * rng.normal(size=(2 * n, d))
+    layer0[s.test] = rng.normal(size=(len(s.test), d)) * 3  # nothing to read for test entities
+    layer1 = y[:, None] * v + 1.5 * rng.normal(size=(2 * n, d))
+    return np.stack([layer0, layer1]), y, ents, s
+
+
+def test_layer_is_chosen_on_validation_and_test_is_read_there():
+    X, y, ents, s = _two_layer_data()
+    fit = numeric.fit_probes(X, y, ents, [0, 1], [0], n_components=2, seed=0, progress=False)
+    rep = fit["report"]
+    assert rep["best_layer"] == 0 and rep["pls_r2"][0] > rep["pls_r2"][1]  # validation prefers layer 0 ...
+    assert rep["best_r2"] < 0.2 and rep["test"]["layer"] == 0  # ... and test is read there, though layer 1 is better
+    test_at_1 = heldout_scores(X[1:], y, s.train, s.test, 2, progress=False)["pls"][0]
+    assert test_at_1 > 0.5
+    names = fit["names"]
+    assert not (set(names["train"]) & set(names["val"]) or set(names["val"]) & set(names["test"])
+                or set(names["train"]) & set(names["test"]))
+    assert fit["protocol"]["selected_on"] == "validation" and fit["protocol"]["split_unit"] == "entity"
+    assert fit["protocol"]["groups"] == {"train": 30, "val": 10, "test": 10}
+    assert set(fit["directions"][0]) == {"pattern", "filter"}
+
+
+def test_run_writes_report_with_protocol(tiny_llama, tmp_path):
+    cfg = numeric.Config(attribute="atomic_number", max_entities=25, filter_known=False, n_pairs=6, n_random=2,
+                         alphas=(-4.0, 4.0), progress=False)
+    rep = numeric.run(tiny_llama, cfg, tmp_path).report
     saved = json.loads((tmp_path / "report.json").read_text())
     assert json.loads((tmp_path / "probe.json").read_text())["pls_r2"] == saved["pls_r2"]
-    for key in ("pls_r2", "baselines", "flip_rate_pls", "flip_rate_random", "flip", "best_layer", "projection"):
+    for key in ("pls_r2", "baselines", "flip_rate_pls", "flip_rate_random", "flip_rate_filter", "flip", "flip_test",
+                "best_layer", "projection", "test", "protocol"):
         assert key in saved
+    assert saved["protocol"]["selected_on"] == "validation" and saved["protocol"]["split_unit"] == "entity"
+    assert saved["protocol"]["groups"] == {"train": 15, "val": 5, "test": 5}
     assert len(saved["pls_r2"]) == tiny_llama.n_layers == len(saved["baselines"]["ridge"])
-    assert np.asarray(saved["flip"]["flip_rate_pls"]).shape == (1, 2)
-    assert rep["n_entities"] == 25 and len(saved["projection"]["xy"]) == 25
+    assert len(saved["flip"]["layers"]) == len(numeric.default_flip_layers(tiny_llama.n_layers))
+    assert saved["flip_test"]["layers"] == [saved["best_flip_layer"]]  # test runs only at the chosen layer
+    assert rep["n_entities"] == 25 and len(saved["projection"]["xy"]) == 5 and saved["projection"]["split"] == "test"
+    assert rep["best_r2"] == saved["test"]["pls_r2"] and rep["best_r2_val"] == max(rep["pls_r2"])
     assert "plotly" in (tmp_path / "report.html").read_text()[:5_000_000]
-    with pytest.raises(InterpError, match="fewer than 5 folds"):
-        run_numeric(tiny_llama, "atomic_number", None, max_entities=4, filter_known=False, progress=False)
+    with pytest.raises(InterpError, match="at least 10"):
+        numeric.run(tiny_llama, numeric.Config(attribute="atomic_number", max_entities=8, filter_known=False,
+                                               progress=False))
+
+
+def test_recall_filter_runs_for_every_attribute(tiny_llama, monkeypatch):
+    """The atomic-number run used to skip the filter: with the default config, only the recalled entities stay."""
+    import interp.generation
+
+    names, z = load_entities("atomic_number", 30)
+    known = set(names[:12])
+    monkeypatch.setattr(interp.generation, "generate", lambda model, prompts, **kw: [
+        str(int(next(v for n, v in zip(names, z) if f" {n}?" in p))) if any(f" {n}?" in p for n in known)
+        else "I am not sure" for p in prompts])
+    cfg = numeric.Config(attribute="atomic_number", max_entities=30, n_pairs=4, n_random=1, alphas=(3.0,),
+                         layers=[0, 1], flip_layers=[0], progress=False, run_flip=False)
+    assert cfg.filter_known
+    r = numeric.run(tiny_llama, cfg)
+    assert r["recall"]["n_known"] == 12 and r["n_entities"] == 12
+    assert set(r.report["projection"]["entities"]) <= known
+
+
+def test_seeds_report_mean_and_spread(tiny_llama):
+    cfg = numeric.Config(attribute="atomic_number", max_entities=30, filter_known=False, layers=[0, 1],
+                         flip_layers=[0], n_pairs=4, n_random=1, alphas=(-8.0, 8.0), seeds=[0, 1, 2], progress=False)
+    r = numeric.run(tiny_llama, cfg)
+    summ = r["seeds"]["headlines"]
+    first = r.headlines[0]
+    per = summ[first.name]["per_seed"]
+    assert list(per) == [0, 1, 2] and len(set(per.values())) == 3  # another split per seed, another R²
+    assert first.value == pytest.approx(np.mean(list(per.values())))
+    assert "mean over seeds [0, 1, 2]" in first.split and "±" in first.note
+    assert per[0] == r["best_r2"]  # the report's own numbers are the first seed's
+    assert r.protocol["seeds"] == [0, 1, 2] and r.protocol["selected_on"] == "validation"
+    # a seed's numbers do not depend on the other seeds of the sweep (the capture, with the partners drawn by
+    # config.seed, is shared)
+    again = numeric.run(tiny_llama, numeric.Config(**{**cfg.__dict__, "seeds": [2, 1]}))
+    assert again["seeds"]["headlines"][first.name]["per_seed"] == {2: per[2], 1: per[1]}
 
 
 def test_cli_registers_numeric():
     from interp.cli import build_parser
 
     args = build_parser().parse_args(["numeric", "m", "--attribute", "latitude", "--out", "o", "--no-filter"])
-    assert args.attribute == "latitude" and args.no_filter and args.components == 5
+    assert args.attribute == "latitude" and args.no_filter and args.components == 5 and args.seeds is None
+    from interp.commands.numeric import config_from_args
+
+    cfg = config_from_args(build_parser().parse_args(["numeric", "m", "--attribute", "latitude", "--out", "o",
+                                                      "--seeds", "0", "1", "2", "--random", "2", "--no-flip"]))
+    assert cfg.seeds == [0, 1, 2] and cfg.n_random == 2 and not cfg.run_flip and cfg.filter_known
+    assert cfg.alphas == list(numeric.PAPER_ALPHAS) and len(cfg.alphas) == 40 and cfg.alphas[0] == -30
     with pytest.raises(SystemExit):
         build_parser().parse_args(["numeric", "m", "--attribute", "shoe_size", "--out", "o"])
 
@@ -311,13 +472,14 @@ def test_sklearn_check_estimator(estimator, check):
 
 def test_experiment_returns_a_result_with_headlines(tiny_llama, tmp_path):
     cfg = numeric.Config(attribute="atomic_number", max_entities=25, filter_known=False, n_pairs=6, n_random=2,
-                         alphas=[0.5, 4.0], layers=[0, 1], flip_layers=[0], progress=False)
+                         alphas=[-4.0, 4.0], layers=[0, 1], flip_layers=[0], progress=False)
     result = numeric.run(tiny_llama, cfg, out=tmp_path)
     assert result.experiment == "numeric" and result["best_layer"] in (0, 1)
     names = [h.name for h in result.headlines]
-    assert any("PLS R²" in n for n in names) and any("flip rate, PLS" in n for n in names)
-    assert all(h.split for h in result.headlines)
-    assert "entity-held-out" in result.headlines[0].split and "25 entities" in result.headlines[0].split
+    assert any("PLS R²" in n for n in names) and any("flip rate, PLS direction" in n for n in names)
+    assert any("read-out" in n for n in names) and any("shuffled" in n for n in names)
+    assert all(h.split.startswith("test: ") and "chosen on validation" in h.split for h in result.headlines)
+    assert "5 held-out entities" in result.headlines[0].split
     assert set(result.figures) == {"r2_per_layer", "flips", "pls_plane"}
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["summary"][0]["split"] == result.headlines[0].split and saved["pls_r2"] == result["pls_r2"]
@@ -331,7 +493,9 @@ def test_experiment_returns_a_result_with_headlines(tiny_llama, tmp_path):
     ({"alphas": [1.0, float("nan")]}, "finite"),
     ({"alphas": []}, "finite"),
     ({"attribute": "shoe_size"}, "birth_year"),
-    ({"n_splits": 1}, "at least 2"),
+    ({"fractions": (0.8, 0.2, 0.0)}, "three positive shares"),
+    ({"seeds": [1, 1]}, "distinct"),
+    ({"n_random": 0}, ">= 1"),
     ({"tolerance": -1.0}, ">= 0"),
 ])
 def test_config_is_checked_before_anything_runs(bad, match):
@@ -373,7 +537,7 @@ def test_probe_script_calls_the_experiment(tiny_llama, tmp_path, monkeypatch, ca
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     rc = probe.main(["tiny", "--attributes", "atomic_number", "--out", str(tmp_path), "--no-filter",
-                     "--max-entities", "20", "--flip-layers", "0", "--alphas", "0.5", "--pairs", "4", "--seeds", "1"])
+                     "--max-entities", "20", "--flip-layers", "0", "--alphas", "-8", "8", "--pairs", "4", "--random", "1"])
     assert rc == 0 and (tmp_path / "atomic_number" / "report.json").exists()
     assert "atomic_number" in capsys.readouterr().out
     assert probe.main(["tiny", "--attributes", "shoe_size", "--out", str(tmp_path)]) == 2

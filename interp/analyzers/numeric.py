@@ -2,10 +2,11 @@
 
 ``NumericSubspace`` standardizes activations and fits a PLS regression from
 them to a numeric attribute (a birth year, a latitude). Its first weight
-vector, mapped back to activation space, is the direction ``direction_``
-along which the predicted value grows. ``cross_validate_layers`` scores the
-probe per layer with entity-held-out folds beside ridge, PCA + linear and
-shuffled-target baselines on the same folds.
+vector, mapped back to activation space as the paper's code does
+(``x_weights_[:, 0] * scale``), is the steering direction ``direction_``.
+``heldout_scores`` fits on one split of entities and scores another, per
+layer, beside ridge, PCA + linear and shuffled-target baselines;
+``cross_validate_layers`` does the same with entity-held-out folds.
 
 Example:
     >>> import numpy as np
@@ -91,9 +92,12 @@ class NumericSubspace(TransformerMixin, RegressorMixin, BaseEstimator):
 
     Fitted (numpy arrays): ``scaler_mean_``, ``scaler_scale_``, ``pls_``
     (the sklearn ``PLSRegression``), ``components_`` [k, d] (PLS weight
-    vectors mapped back to activation space, unit norm), ``direction_`` [d]
-    (the first of them, signed so the predicted value grows along it),
-    ``n_features_in_``. ``predict`` gives the value, ``transform`` the PLS
+    vectors mapped back to activation space as the paper's code does,
+    ``x_weights_ · scale``, unit norm: the *pattern*), ``direction_`` [d]
+    (the first of them, signed so the predicted value grows along it: the
+    steering direction), ``filters_`` / ``filter_direction_`` (the same for
+    ``x_weights_ / scale``: the direction the probe *reads*, which differs
+    from the pattern when features have unequal spread), ``n_features_in_``. ``predict`` gives the value, ``transform`` the PLS
     scores [n, k], ``score`` the R²; numpy or torch input.
 
     Example:
@@ -122,15 +126,22 @@ class NumericSubspace(TransformerMixin, RegressorMixin, BaseEstimator):
         sd = X.std(0) if self.scale else np.ones(d)
         self.scaler_scale_ = np.where(sd > 0, sd, 1.0)  # constant features stay put, as StandardScaler does
         self.pls_ = PLSRegression(n_components=self.n_components, scale=False).fit(self._standardize(X), y)
-        # a weight w in scaled space reads x through w·(x/scale), i.e. along w/scale in activation space
-        comps = self.pls_.x_weights_.T / self.scaler_scale_
-        comps /= np.linalg.norm(comps, axis=1, keepdims=True)
-        if comps[0] @ self.gradient_ < 0:
-            comps[0] = -comps[0]
-        self.components_ = comps
-        self.direction_ = comps[0].copy()
+        w = self.pls_.x_weights_.T
+        # pattern: the paper's code maps a weight back to activation space as w·scale (undoing the
+        # standardization of a vector); filter: w reads x through w·(x/scale), i.e. along w/scale
+        self.components_ = self._signed_units(w * self.scaler_scale_)
+        self.filters_ = self._signed_units(w / self.scaler_scale_)
+        self.direction_ = self.components_[0].copy()
+        self.filter_direction_ = self.filters_[0].copy()
         self.n_features_in_ = d
         return self
+
+    def _signed_units(self, vectors: np.ndarray) -> np.ndarray:
+        """Rows scaled to unit norm; the first signed so the prediction grows along it."""
+        vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        if vectors[0] @ self.gradient_ < 0:
+            vectors[0] = -vectors[0]
+        return vectors
 
     @property
     def gradient_(self) -> np.ndarray:
@@ -241,4 +252,33 @@ def cross_validate_layers(X_layers, y, groups: Sequence, n_components: int = 5, 
                 preds[b][te] = _baseline_predict(b, X[tr], y[tr], X[te], n_components, rng)
         for k in out:
             out[k].append(r2(y, preds[k]))
+    return out
+
+
+def heldout_scores(X_layers, y, train: Sequence[int], held_out: Sequence[int], n_components: int = 5,
+                   baselines: Sequence[str] = BASELINES, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+    """R² per layer on the ``held_out`` rows of probes fitted on the ``train`` rows: PLS and each baseline.
+
+    Split by entity (``interp.protocol.split_groups``) so no entity has rows on both sides. The
+    shuffled baseline permutes the training targets with ``seed``.
+
+    Example:
+        scores = heldout_scores(X, y, splits.train, splits.val)   # {"pls": [...], "ridge": [...], ...}
+    """
+    y = _as_target(y)
+    train, held_out = np.asarray(train, dtype=int), np.asarray(held_out, dtype=int)
+    if len(train) < 2 or len(held_out) < 2:
+        raise InterpError(f"need at least 2 training and 2 held-out rows, got {len(train)} and {len(held_out)}")
+    if set(train.tolist()) & set(held_out.tolist()):
+        raise InterpError("the training and held-out rows overlap; split by entity first")
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[float]] = {k: [] for k in ("pls", *baselines)}
+    for X in tqdm(list(X_layers), desc="fit per layer", unit="layer", disable=not progress):
+        X = _as_2d(X)
+        if X.shape[0] != len(y):
+            raise InterpError(f"a layer has {X.shape[0]} rows but y has {len(y)}")
+        k = min(n_components, len(train) - 1, X.shape[1])
+        out["pls"].append(r2(y[held_out], NumericSubspace(k).fit(X[train], y[train]).predict(X[held_out])))
+        for b in baselines:
+            out[b].append(r2(y[held_out], _baseline_predict(b, X[train], y[train], X[held_out], k, rng)))
     return out

@@ -124,22 +124,33 @@ def probe_prompts(att: Attribute, names: Sequence[str], seed: int = 0) -> tuple[
 
 def comparison_pairs(att: Attribute, names: Sequence[str], values: np.ndarray, n_pairs: int,
                      seed: int = 0) -> list[tuple[str, str, bool]]:
-    """Balanced (a, b, true answer is Yes) pairs with distinct values; half Yes, half No."""
+    """Balanced (a, b, true answer is Yes) prompts from distinct pairs with distinct values; half Yes, half No.
+
+    As the paper's code: all unordered pairs, shuffled, each oriented so Yes and No alternate. When
+    there are fewer pairs than ``n_pairs``, each pair is used once more in the other order (so a pair
+    appears at most twice, once per answer); the result may then be shorter than ``n_pairs``.
+
+    Example:
+        >>> att = get_attribute("birth_year")
+        >>> comparison_pairs(att, ["A", "B", "C"], np.array([1900.0, 1800.0, 1850.0]), 2, seed=0)[0][2]
+        True
+    """
     if len(names) < 2:
         raise InterpError("the flip test needs at least 2 entities")
     rng = np.random.default_rng(seed)
-    pairs = []
-    for _ in range(n_pairs * 20):
-        if len(pairs) >= n_pairs:
-            break
-        i, j = rng.choice(len(names), 2, replace=False)
-        if values[i] == values[j]:
-            continue
-        lo, hi = (i, j) if values[i] < values[j] else (j, i)
-        want_yes = len(pairs) % 2 == 0
-        # yes_if=less: "a before b" is Yes when a has the smaller value
-        a, b = (lo, hi) if want_yes == (att.yes_if == "less") else (hi, lo)
-        pairs.append((names[a], names[b], want_yes))
-    if len(pairs) < 2:
+    combos = [(i, j) for i in range(len(names)) for j in range(i + 1, len(names)) if values[i] != values[j]]
+    if not combos:
         raise InterpError("could not form comparison pairs: the entities' values are all equal")
+    order = rng.permutation(len(combos))
+    pairs = []
+    for flipped in (False, True):
+        for k, c in enumerate(order):
+            if len(pairs) >= n_pairs:
+                return pairs
+            i, j = combos[c]
+            lo, hi = (i, j) if values[i] < values[j] else (j, i)
+            want_yes = (k % 2 == 0) != flipped
+            # yes_if=less: "a before b" is Yes when a has the smaller value
+            a, b = (lo, hi) if want_yes == (att.yes_if == "less") else (hi, lo)
+            pairs.append((names[a], names[b], want_yes))
     return pairs

@@ -1,29 +1,35 @@
 """Numeric attributes live in linear subspaces (El-Shangiti et al., arXiv 2410.13194) as one experiment.
 
-§3 of ``shared/methods.md`` on interp's one path:
+§3 of ``shared/methods.md`` on interp's one path, under the validation/test protocol
+(``interp.protocol``):
 
-1. data: an entity table and its attribute (``interp.data.entities``); with
-   ``filter_known`` the model is asked each entity's value (greedy, a few
-   tokens) and only the entities it recalls within a tolerance are kept;
-2. capture: the residual stream (``resid_post``) at the last token of two
-   mentions of each entity (the recall question, and a comparison prompt with
-   the entity second), every probed layer;
-3. fit: ``NumericSubspace`` (StandardScaler + PLS) per layer, scored with
-   entity-held-out folds beside ridge, PCA + linear and shuffled targets;
-   then, at each flip layer, the PLS direction on all kept entities;
-4. intervene: comparison prompts ("Was X born before Y? Answer Yes or No."):
-   ``Add`` ±α·n·u at Y's last token (n the layer's mean residual norm) —
-   pushed the way that should flip the model's own answer — for the PLS
-   direction and random unit directions;
-5. evaluate: the Yes/No answer is the sign of the logit difference
-   (``interp.evaluation.logit_diff``); a flip is a sign change;
-6. report: a ``Result`` with the R² per layer, the flip rates, the entities
-   in the PLS plane and the headlines (``write_report`` writes it with ``out``).
+1. data: an entity table and its attribute (``interp.data.entities``); the model is asked each
+   entity's value (greedy, a few tokens) and only the entities it recalls within a tolerance are
+   kept (the paper's filter, on for every attribute); the kept entities are split three ways by
+   entity (``split_groups``, unit "entity": train / validation / test);
+2. capture: the residual stream (``resid_post``) at the last token of two mentions of each entity
+   (the recall question, and a comparison prompt with the entity second), every probed layer;
+3. fit: ``NumericSubspace`` (StandardScaler + PLS) per layer on the train entities; the layer is
+   the one with the best validation R²; test R² is read once there, beside ridge, PCA + linear and
+   the same PLS on shuffled targets (all fitted on train);
+4. intervene: comparison prompts ("Was X born before Y? Answer Yes or No.") among validation (then
+   test) entities; ``AddPerPrompt`` adds α·u at Y's last token of ``resid_post.L`` for every α of
+   the paper's sweep (−30 … 28.5 in steps of 1.5, absolute, u a unit vector), for the PLS
+   direction as the paper's code maps it back (``x_weights · scale``, the *pattern*), the probe's
+   read-out direction (``x_weights / scale``, the *filter*) and random unit directions;
+5. evaluate: the answer is the sign of the Yes−No logit difference (``interp.evaluation.logit_diff``);
+   a prompt flips when its answer changes at any α (the official code's count, which compares the
+   greedy next token, is reported beside it); the flip layer and the single-α cell are chosen on
+   validation prompts, then the test prompts are run once at that layer;
+6. report: a ``Result`` with the ``protocol`` block, validation R² per layer, the test numbers as
+   headlines (each naming its split), the flip grids and the entities in the PLS plane.
+   ``Config.seeds`` repeats steps 3–5 per seed (another split, other pairs and random directions)
+   and reports mean ± spread.
 
 Example:
     from interp.experiments import numeric
     result = numeric.run(model, numeric.Config(attribute="birth_year", max_entities=100), out="runs/birth")
-    result["best_layer"], result["best_r2"], result["flip_rate_pls"]
+    result["best_layer"], result["best_r2"], result["flip_rate_pls"]   # chosen on validation, read on test
 """
 from __future__ import annotations
 
@@ -37,23 +43,26 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..analyzers.numeric import NumericSubspace, cross_validate_layers
+from ..analyzers.numeric import NumericSubspace, heldout_scores
 from ..capture import recording
 from ..data.entities import (ATTRIBUTES, Attribute, comparison_pairs, get_attribute, load_entities,
                              probe_prompts)
 from ..errors import InterpError
 from ..evaluation import logit_diff
-from ..interventions import Add, Intervention
+from ..interventions import AddPerPrompt
+from ..protocol import protocol_block, seed_summary, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 
 __all__ = ["Config", "run", "check_config", "recall_filter", "Recall", "parse_number", "entity_positions",
-           "capture_entities", "flip_test", "push", "best_flip", "answer_tokens", "default_flip_layers",
-           "ATTRIBUTES", "PAPER", "TARGETS"]
+           "capture_entities", "fit_probes", "flip_test", "sweep", "choose_flip", "answer_tokens", "default_flip_layers",
+           "ATTRIBUTES", "PAPER", "PAPER_ALPHAS", "TARGETS"]
 
 #: What the paper reports (``shared/methods.md`` §3; 7B models).
 PAPER = {"r2": "> 0.8", "flips": "PLS flips far more than random"}
-#: This project's targets: best-layer R² and how many times more often PLS flips answers than random.
+#: This project's targets: test R² at the chosen layer and how many times more often PLS flips answers than random.
 TARGETS = {"r2": 0.6, "flip_ratio": 3.0}
+#: The official code's sweep, ``torch.arange(-30, 30, 1.5)``: 40 values from −30 to 28.5 (30 itself is left out).
+PAPER_ALPHAS = tuple(float(a) for a in np.arange(-30, 30, 1.5))
 
 
 @dataclass
@@ -65,14 +74,17 @@ class Config:
     tolerance: float | None = None  #: recall tolerance in target units; None: the attribute's own
     filter_known: bool = True  #: keep only entities whose value the model recalls (the paper's filter)
     layers: Sequence[int] | None = None  #: layers probed; None probes every layer
-    flip_layers: Sequence[int] | None = None  #: layers of the flip test; None: 5 from depth/8 to 3/4 depth
-    alphas: Sequence[float] = (0.25, 0.5, 1.0, 2.0)  #: push sizes in units of the layer's mean residual norm
-    n_pairs: int = 64  #: comparison prompts, half with true answer Yes
-    n_random: int = 3  #: random control directions
+    flip_layers: Sequence[int] | None = None  #: candidate flip layers (one is chosen on validation); None: 5 spread
+    alphas: Sequence[float] = PAPER_ALPHAS  #: absolute sizes α of the edit α·u (u unit); a flip at any α counts
+    n_pairs: int = 64  #: comparison prompts per split (validation, test), half with true answer Yes
+    n_random: int = 3  #: random unit control directions
+    run_flip: bool = True  #: run the flip test (False: recall filter and probing only)
     n_components: int = 5  #: PLS components (the paper uses 5; its code defaults to 50)
-    n_splits: int = 5  #: entity-held-out folds
+    fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  #: train / validation / test share of the entities
     batch_size: int = 16  #: prompts per forward pass
-    seed: int = 0  #: seed of folds, probe-prompt partners, comparison pairs and random directions
+    max_rows: int = 256  #: rows per forward in the flip sweep (prompts × (direction, α) edits stacked)
+    seed: int = 0  #: seed of the entity split, probe-prompt partners, comparison pairs and random directions
+    seeds: Sequence[int] | None = None  #: repeat split, fit and flip test per seed; headlines become mean ± spread
     data_dir: str | None = None  #: folder with the entity tables; None: the repo's data/entities
     progress: bool = True  #: show progress bars
 
@@ -90,14 +102,14 @@ def _layer_list(values, what: str, top: int | None) -> list[int]:
 
 
 def check_config(config: Config, n_layers: int | None = None) -> Config:
-    """Validate attribute, layers, flip layers and α (before any model is loaded); return the config.
+    """Validate attribute, layers, flip layers, α, split and seeds (before any model is loaded); return the config.
 
     With ``n_layers`` known, layers are checked against it; flip layers must leave a block above them
     (at most ``n_layers − 2``) and be among the probed layers.
 
     Example:
-        >>> check_config(Config(flip_layers=[4, 10], alphas=[1, 4]), n_layers=30).alphas
-        [1.0, 4.0]
+        >>> check_config(Config(flip_layers=[4, 10], alphas=[-3, 3]), n_layers=30).alphas
+        [-3.0, 3.0]
     """
     get_attribute(config.attribute)
     layers = None if config.layers is None else _layer_list(config.layers, "layers",
@@ -117,38 +129,45 @@ def check_config(config: Config, n_layers: int | None = None) -> Config:
         raise InterpError(f"alphas must be finite numbers, got {config.alphas!r}")
     if config.max_entities is not None and config.max_entities < 1:
         raise InterpError(f"max_entities must be >= 1 (or None for the whole table), got {config.max_entities}")
-    for name in ("n_components", "batch_size"):
+    for name in ("n_components", "batch_size", "max_rows"):
         if getattr(config, name) < 1:
             raise InterpError(f"{name} must be >= 1, got {getattr(config, name)}")
     if config.n_pairs < 2:
         raise InterpError(f"n_pairs must be >= 2 (half Yes, half No), got {config.n_pairs}")
-    if config.n_random < 0:
-        raise InterpError(f"n_random must be >= 0, got {config.n_random}")
-    if config.n_splits < 2:
-        raise InterpError(f"n_splits must be at least 2, got {config.n_splits}")
+    if config.n_random < 1:
+        raise InterpError(f"n_random must be >= 1 (the flip test compares against random directions), "
+                          f"got {config.n_random}")
+    fr = tuple(float(f) for f in config.fractions)
+    if len(fr) != 3 or min(fr) <= 0 or not math.isclose(sum(fr), 1.0, abs_tol=1e-6):
+        raise InterpError(f"fractions must be three positive shares (train, validation, test) summing to 1, "
+                          f"got {config.fractions}")
     if config.tolerance is not None and config.tolerance < 0:
         raise InterpError(f"tolerance must be >= 0, got {config.tolerance}")
-    return replace(config, layers=layers, flip_layers=flip, alphas=alphas)
+    seeds = None if config.seeds is None else [int(x) for x in config.seeds]
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise InterpError(f"seeds must be distinct integers, got {config.seeds}")
+    return replace(config, layers=layers, flip_layers=flip, alphas=alphas, fractions=fr, seeds=seeds)
 
 
 def run(model, config: Config | None = None, out=None) -> Result:
-    """Recall filter, per-layer probing and the flip test; with ``out``, write the report there.
+    """Recall filter, entity split, probing per layer and the flip test; with ``out``, write the report there.
 
-    With ``out`` a report of the probing stage is written before the flip test starts (so the R² per
-    layer survives an interrupted flip test), then replaced by the full one.
+    With ``out`` a report of the first seed's probing stage is written before the flip test starts
+    (so the R² survives an interrupted flip test), then replaced by the full one.
     """
     config = check_config(config or Config(), model.n_layers)
     att = get_attribute(config.attribute)
     layers = list(range(model.n_layers)) if config.layers is None else config.layers
     flip_layers = default_flip_layers(model.n_layers) if config.flip_layers is None else config.flip_layers
+    if not config.run_flip:
+        flip_layers = []
     if any(x not in layers for x in flip_layers):
         raise InterpError(f"flip layers {[x for x in flip_layers if x not in layers]} were not probed; "
                           f"include them in layers")
     sw = Stopwatch()
     report: dict = {"model": model.describe(), "attribute": att.name, "table": att.table, "column": att.column,
                     "target": f"log10({att.column})" if att.log10 else att.column,
-                    "n_components": config.n_components, "n_splits": config.n_splits, "seed": config.seed,
-                    "filter_known": config.filter_known}
+                    "n_components": config.n_components, "seed": config.seed, "filter_known": config.filter_known}
 
     # data: the entity table, filtered to what the model recalls
     with sw("data"):
@@ -161,55 +180,115 @@ def run(model, config: Config | None = None, out=None) -> Result:
             names = [n for n, k in zip(names, rec.known) if k]
             values = values[rec.known]
     report["n_entities"] = len(names)
-    if len(names) < config.n_splits:
-        raise InterpError(f"only {len(names)} entities survive the recall filter for {att.name}, fewer than "
-                          f"{config.n_splits} folds; loosen --tolerance or pass --no-filter")
+    if len(names) < 10:
+        raise InterpError(f"only {len(names)} entities survive the recall filter for {att.name}; the three-way split "
+                          f"needs at least 10 (2 for validation and for test): raise --max-entities or loosen "
+                          f"--tolerance")
 
-    # capture: resid_post at each mention's last entity token, every probed layer
+    # capture: resid_post at each mention's last entity token, every probed layer (shared by all seeds)
     with sw("capture"):
         X, ents = capture_entities(model, att, names, layers, config.batch_size, config.progress, config.seed)
     y = np.repeat(values, 2)
 
-    # fit: entity-held-out R² per layer, then the PLS direction at each flip layer
-    with sw("fit"):
-        cv = cross_validate_layers(X, y, ents, config.n_components, config.n_splits, seed=config.seed,
-                                   progress=config.progress)
-        report["layers"] = layers
-        report["pls_r2"] = cv.pop("pls")
-        report["baselines"] = cv
-        best = int(np.nanargmax(report["pls_r2"]))
-        report["best_layer"] = layers[best]
-        report["best_r2"] = report["pls_r2"][best]
-        directions, norms = {}, {}
-        for layer in flip_layers:
-            Xl = X[layers.index(layer)]
-            directions[layer] = NumericSubspace(config.n_components).fit(Xl, y).direction_
-            norms[layer] = float(np.linalg.norm(Xl, axis=1).mean())
-    if out is not None:  # the probing results survive an interrupted flip test
-        probe = dict(report)
-        write_report(Result("numeric", probe, figures={"r2_per_layer": _plots().numeric_r2(probe)},
-                            config=config, timing=dict(sw.seconds), title=f"Numeric subspace: {att.name} (probing)",
-                            artifacts={"probe.json": lambda p: p.write_text(json.dumps(probe, indent=1))}),
-                     out, model=model)
+    # split, fit, intervene, evaluate: once per seed
+    seeds = config.seeds or [config.seed]
+    per_seed, rows = {}, {}
+    for s in seeds:
+        with sw("fit"):
+            fit = fit_probes(X, y, ents, layers, flip_layers, config.n_components, config.fractions, s,
+                             config.progress)
+        rows[s] = fit["rows"]
+        if out is not None and s == seeds[0]:  # the probing results survive an interrupted flip test
+            _write_probe(model, config, out, dict(report, **fit["report"]), fit["protocol"], sw)
+        flips = {}
+        if config.run_flip:
+            with sw("flip test"):
+                flips = _flip_stage(model, att, config, names, values, fit, s)
+        per_seed[s] = dict(fit["report"], **flips, protocol=fit["protocol"])
 
-    # intervene + evaluate: push along the direction at Y's last token, count Yes/No flips
-    with sw("flip test"):
-        pairs = comparison_pairs(att, names, values, config.n_pairs, config.seed)
-        flip = flip_test(model, att, pairs, directions, config.alphas, norms, config.n_random, config.batch_size,
-                         config.seed, config.progress)
-    flip["residual_norms"] = {str(k): v for k, v in norms.items()}
-    report["flip"] = flip
-    report.update({f"best_flip_{k}": v for k, v in best_flip(flip).items()})
-    report["flip_rate_pls"] = report["best_flip_flip_rate_pls"]
-    report["flip_rate_random"] = report["best_flip_flip_rate_random"]
-
-    # report: the entities in the PLS plane at the best layer, headlines, figures
+    # report: the first seed's numbers, the seed summary, headlines, figures
+    first, split = per_seed[seeds[0]], rows[seeds[0]]
+    report.update({k: v for k, v in first.items() if k != "protocol"})
     bl = layers.index(report["best_layer"])
-    est = NumericSubspace(min(config.n_components, 2) if config.n_components >= 2 else 1).fit(X[bl], y)
-    report["projection"] = {"entities": ents[::2], "values": values.tolist(),
-                            "xy": est.transform(X[bl][::2])[:, :2].tolist()}
+    plane = NumericSubspace(min(2, config.n_components)).fit(X[bl][split["train"]], y[split["train"]])
+    shown = split["test"][::2]  # one mention per test entity (an entity's two rows are adjacent)
+    report["projection"] = {"entities": [ents[i] for i in shown], "values": y[shown].tolist(),
+                            "xy": plane.transform(X[bl][shown])[:, :2].tolist(), "split": "test",
+                            "fitted_on": "train"}
     report["seconds"] = round(sw.total, 1)
-    return _result(model, config, out, report, sw)
+    protocol = dict(first["protocol"])
+    if config.seeds:
+        protocol["seeds"] = list(seeds)
+    return _result(model, config, out, report, per_seed, protocol, sw)
+
+
+def fit_probes(X: np.ndarray, y: np.ndarray, ents: Sequence[str], layers: Sequence[int], flip_layers: Sequence[int],
+               n_components: int = 5, fractions=(0.6, 0.2, 0.2), seed: int = 0, progress: bool = True) -> dict:
+    """Split the entities, fit per layer on train, choose the layer on validation, read test there once.
+
+    Returns ``report`` (validation R² per layer for PLS and each baseline, the chosen layer and its test
+    R²s), ``protocol`` (``interp.protocol.protocol_block``), the train-fitted pattern and filter
+    directions at each flip layer, the entity names and the row indices of each split.
+
+    Example:
+        fit = fit_probes(X, np.repeat(values, 2), ents, layers=[0, 1], flip_layers=[0], seed=0)
+        fit["report"]["best_layer"], fit["report"]["best_r2"]      # chosen on validation, read on test
+    """
+    splits = split_groups(ents, fractions, seed, unit="entity")
+    rows = {k: getattr(splits, k) for k in ("train", "val", "test")}
+    if splits.groups["val"] < 2 or splits.groups["test"] < 2:
+        raise InterpError(f"{len(set(ents))} entities leave {splits.groups['val']} for validation and "
+                          f"{splits.groups['test']} for test; the flip test needs 2 in each: give more entities")
+    val = heldout_scores(X, y, rows["train"], rows["val"], n_components, seed=seed, progress=progress)
+    best = int(np.nanargmax(val["pls"]))
+    test = heldout_scores(X[best:best + 1], y, rows["train"], rows["test"], n_components, seed=seed, progress=False)
+    directions = {}
+    for layer in flip_layers:
+        est = NumericSubspace(min(n_components, len(rows["train"]) - 1)).fit(X[list(layers).index(layer)][rows["train"]],
+                                                                            y[rows["train"]])
+        directions[layer] = {"pattern": est.direction_, "filter": est.filter_direction_}
+    report = {"layers": list(layers), "pls_r2": val.pop("pls"), "baselines": val, "r2_split": "validation",
+              "best_layer": list(layers)[best], "best_r2_val": None, "best_r2": test["pls"][0],
+              "test": {"layer": list(layers)[best], "pls_r2": test["pls"][0],
+                       **{k: v[0] for k, v in test.items() if k != "pls"},
+                       "n_entities": splits.groups["test"], "n_rows": len(rows["test"])}}
+    report["best_r2_val"] = report["pls_r2"][best]
+    protocol = protocol_block(splits, choices="probe layer: best validation PLS R²; flip layer: largest validation "
+                                              "gap between the PLS (pattern) and random any-α flip rates; α cell: "
+                                              "largest gap at that layer; test read once at those choices",
+                              fitted_on="train entities")
+    names = {k: sorted({ents[i] for i in r}) for k, r in rows.items()}
+    return {"report": report, "protocol": protocol, "directions": directions, "names": names, "rows": rows}
+
+
+def _flip_stage(model, att: Attribute, config: Config, names: Sequence[str], values: np.ndarray, fit: dict,
+                seed: int) -> dict:
+    """Validation sweep over the candidate layers, the choice, then the test sweep at the chosen layer."""
+    value = dict(zip(names, values))
+
+    def pairs(split: str):
+        ns = fit["names"][split]
+        return comparison_pairs(att, ns, np.array([value[n] for n in ns]), config.n_pairs, seed)
+
+    kw = dict(n_random=config.n_random, batch_size=config.batch_size, seed=seed, progress=config.progress,
+              max_rows=config.max_rows)
+    val = flip_test(model, att, pairs("val"), fit["directions"], config.alphas, **kw)
+    choice = choose_flip(val)
+    test = flip_test(model, att, pairs("test"), {choice["layer"]: fit["directions"][choice["layer"]]},
+                     config.alphas, **kw)
+    ai = test["alphas"].index(choice["alpha"])
+    any_rate = test["flip_rate_any"]
+    out = {"flip": val, "flip_test": test, **{f"best_flip_{k}": v for k, v in choice.items()},
+           "flip_rate_pls": any_rate["pattern"][0], "flip_rate_filter": any_rate["filter"][0],
+           "flip_rate_random": any_rate["random"][0],
+           "flip_rate_pls_token": test["flip_rate_any_token"]["pattern"][0],
+           "flip_rate_filter_token": test["flip_rate_any_token"]["filter"][0],
+           "flip_rate_random_token": test["flip_rate_any_token"]["random"][0],
+           "flip_rate_pls_at_alpha": test["flip_rate"]["pattern"][0][ai],
+           "flip_rate_random_at_alpha": test["flip_rate"]["random"][0][ai]}
+    r = out["flip_rate_random"]
+    out["flip_ratio"] = out["flip_rate_pls"] / r if r > 0 else None
+    return out
 
 
 def _plots():
@@ -218,44 +297,96 @@ def _plots():
     return plots
 
 
-def _result(model, config: Config, out, report: dict, sw: Stopwatch) -> Result:
-    plots = _plots()
-    flip = report["flip"]
-    n = report["n_entities"]
-    split_cv = f"entity-held-out {report['n_splits']}-fold CV ({n} entities, {2 * n} mentions)"
-    split_flip = (f"{flip['n_pairs']} comparison prompts (layer and α chosen on the same prompts), "
-                  f"{flip['n_random']} random directions")
-    i = report["layers"].index(report["best_layer"])
-    ratio = report["best_flip_ratio"]
-    r2_met = report["best_r2"] >= TARGETS["r2"]
-    flip_met = (ratio is not None and ratio >= TARGETS["flip_ratio"]) or (
-        ratio is None and report["flip_rate_pls"] > 0)
-    base = ", ".join(f"{k} {v[i]:.3f}" for k, v in report["baselines"].items())
-    headlines = [
-        Headline(f"PLS R² of {report['target']}, best layer ({report['best_layer']})", report["best_r2"], split_cv,
-                 target=f"≥ {TARGETS['r2']}", paper=PAPER["r2"], met=r2_met, note=f"same layer: {base}"),
-        Headline(f"flip rate, PLS direction (layer {report['best_flip_layer']}, α {report['best_flip_alpha']})",
-                 report["flip_rate_pls"], split_flip, target=f"≥ {TARGETS['flip_ratio']}× random",
-                 paper=PAPER["flips"], met=flip_met),
-        Headline("flip rate, random directions (same layer and α)", report["flip_rate_random"], split_flip),
-        Headline("baseline accuracy on the comparison prompts", flip["baseline_accuracy"], split_flip,
-                 note=f"Yes rate {flip['baseline_yes_rate']:.2f}"),
+def _write_probe(model, config: Config, out, probe: dict, protocol: dict, sw: Stopwatch) -> None:
+    write_report(Result("numeric", probe, figures={"r2_per_layer": _plots().numeric_r2(probe)}, config=config,
+                        timing=dict(sw.seconds), title=f"Numeric subspace: {probe['attribute']} (probing)",
+                        protocol=protocol,
+                        artifacts={"probe.json": lambda p: p.write_text(json.dumps(probe, indent=1))}),
+                 out, model=model)
+
+
+def _headlines(report: dict) -> list[Headline]:
+    t = report["test"]
+    split_r2 = (f"test: {t['n_entities']} held-out entities ({t['n_rows']} mentions); layer {report['best_layer']} "
+                f"chosen on validation")
+    base = ", ".join(f"{k} {t[k]:.3f}" for k in ("ridge", "pca_linear", "shuffled") if k in t)
+    heads = [
+        Headline(f"PLS R² of {report['target']}", report["best_r2"], split_r2, target=f"≥ {TARGETS['r2']}",
+                 paper=PAPER["r2"], met=report["best_r2"] >= TARGETS["r2"],
+                 note=f"same layer, fitted on train: {base}; validation R² {report['best_r2_val']:.3f}"),
+        Headline("R² of PLS on shuffled targets", t["shuffled"], split_r2, note="what chance structure scores"),
     ]
-    conclusion = (f"{model.name}, attribute {report['attribute']}: the residual stream at the entity's last token "
-                  f"predicts {report['target']} of held-out entities with R² {report['best_r2']:.3f} at layer "
-                  f"{report['best_layer']} ({'meets' if r2_met else 'misses'} the target of {TARGETS['r2']}); "
-                  f"moving along the PLS direction at layer {report['best_flip_layer']} with α "
-                  f"{report['best_flip_alpha']} flips {report['flip_rate_pls']:.3f} of the answers against "
-                  f"{report['flip_rate_random']:.3f} for random directions.")
-    rows = [{"layer": layer, "PLS R²": report["pls_r2"][j], **{k: v[j] for k, v in report["baselines"].items()}}
+    if "flip_test" not in report:
+        return heads
+    ft = report["flip_test"]
+    split_flip = (f"test: {ft['n_pairs']} comparison prompts among test entities; layer {report['best_flip_layer']} "
+                  f"chosen on validation")
+    ratio = report["flip_ratio"]
+    met = (ratio is not None and ratio >= TARGETS["flip_ratio"]) or (ratio is None and report["flip_rate_pls"] > 0)
+    any_alpha = f"{split_flip}; flip at any of {len(ft['alphas'])} α"
+    return heads + [
+        Headline("flip rate, PLS direction (x_weights·scale, as the paper's code)", report["flip_rate_pls"], any_alpha,
+                 target=f"≥ {TARGETS['flip_ratio']}× random", paper=PAPER["flips"], met=met,
+                 note=f"greedy next token changes (the official code's count): {report['flip_rate_pls_token']:.3f}"),
+        Headline("flip rate, PLS read-out direction (x_weights/scale)", report["flip_rate_filter"], any_alpha,
+                 note=f"next token changes: {report['flip_rate_filter_token']:.3f}"),
+        Headline("flip rate, random unit directions", report["flip_rate_random"], any_alpha,
+                 note=f"mean over {ft['n_random']}; next token changes: {report['flip_rate_random_token']:.3f}"),
+        Headline(f"flip rate at one α ({report['best_flip_alpha']}), PLS", report["flip_rate_pls_at_alpha"],
+                 f"{split_flip}, α chosen on validation",
+                 note=f"random at that α: {report['flip_rate_random_at_alpha']:.3f}"),
+        Headline("baseline accuracy on the test comparison prompts", ft["baseline_accuracy"], split_flip,
+                 note=f"Yes rate {ft['baseline_yes_rate']:.2f}"),
+    ]
+
+
+def _result(model, config: Config, out, report: dict, per_seed: dict, protocol: dict, sw: Stopwatch) -> Result:
+    plots = _plots()
+    headlines = _headlines(report)
+    seeds = list(per_seed)
+    if config.seeds:  # mean ± spread over seeds of every headline number
+        all_heads = {s: _headlines(dict(report, **per_seed[s])) for s in seeds}
+        summaries, merged = {}, []
+        for i, h in enumerate(headlines):
+            summ = summaries[h.name] = seed_summary({s: all_heads[s][i].value for s in seeds})
+            merged.append(Headline(h.name, summ["mean"], f"{h.split} (first seed); mean over seeds {seeds}",
+                                   target=h.target, paper=h.paper,
+                                   note=f"± {summ['std']:.3f} (sd over {summ['n']} seeds; range "
+                                        f"{summ['min']:.3f}..{summ['max']:.3f})"))
+        headlines = merged
+        report["seeds"] = {"seeds": seeds, "headlines": summaries,
+                           "per_seed": {str(s): {k: v for k, v in r.items() if not isinstance(v, (dict, list))}
+                                        for s, r in per_seed.items()}}
+    r2_met = report["best_r2"] >= TARGETS["r2"]
+    conclusion = (f"{model.name}, attribute {report['attribute']} ({report['n_entities']} entities kept): on held-out "
+                  f"test entities the residual stream at the entity's last token predicts {report['target']} with R² "
+                  f"{report['best_r2']:.3f} at layer {report['best_layer']} (chosen on validation; shuffled targets "
+                  f"{report['test']['shuffled']:.3f}; {'meets' if r2_met else 'misses'} the target of {TARGETS['r2']}).")
+    if "flip_test" in report:
+        conclusion += (f" Adding α·u at the second entity (any α of {len(config.alphas)}) at layer "
+                       f"{report['best_flip_layer']} flips {report['flip_rate_pls']:.3f} of the test answers for the "
+                       f"PLS direction, {report['flip_rate_filter']:.3f} for its read-out direction and "
+                       f"{report['flip_rate_random']:.3f} for random directions.")
+    if config.seeds:
+        conclusion = f"Over seeds {seeds} (each: another entity split, pairs and random directions). First seed: " \
+                     + conclusion
+    rows = [{"layer": layer, "PLS R² (validation)": report["pls_r2"][j],
+             **{f"{k} (validation)": v[j] for k, v in report["baselines"].items()}}
             for j, layer in enumerate(report["layers"])]
-    flips = [{"layer": layer, "α": a, "PLS": flip["flip_rate_pls"][li][ai], "random": flip["flip_rate_random"][li][ai]}
-             for li, layer in enumerate(flip["layers"]) for ai, a in enumerate(flip["alphas"])]
-    figures = {"r2_per_layer": plots.numeric_r2(report), "flips": plots.numeric_flips(flip),
+    tables = {"R² per layer": rows}
+    figures = {"r2_per_layer": plots.numeric_r2(report),
                "pls_plane": plots.numeric_plane(report["projection"], report["target"], report["best_layer"])}
+    if "flip_test" in report:
+        fl, ft = report["flip"], report["flip_test"]
+        names = [n for n in fl["flip_rate_any"]]
+        tables["flip rates (any α)"] = [
+            {"layer": layer, "split": split, **{n: f["flip_rate_any"][n][li] for n in names},
+             **{f"{n} (next token)": f["flip_rate_any_token"][n][li] for n in names}}
+            for split, f in (("validation", fl), ("test", ft)) for li, layer in enumerate(f["layers"])]
+        figures["flips"] = plots.numeric_flips(fl)
     result = Result("numeric", report, figures=figures, headlines=headlines, conclusion=conclusion, config=config,
-                    timing=dict(sw.seconds, total_s=sw.total), tables={"R² per layer": rows, "flip rates": flips},
-                    title=f"Numeric subspace: {report['attribute']}")
+                    timing=dict(sw.seconds, total_s=sw.total), tables=tables,
+                    title=f"Numeric subspace: {report['attribute']}", protocol=protocol)
     if out is not None:
         write_report(result, out, model=model)
     return result
@@ -385,102 +516,143 @@ def _random_units(d: int, n: int, seed: int) -> torch.Tensor:
     return r / r.norm(dim=1, keepdim=True)
 
 
-def push(direction: torch.Tensor, size: float, positions: Sequence[Sequence[int]],
-         up: Sequence[bool]) -> Intervention:
-    """``Add`` ±size·direction at each prompt's ``positions``: + where ``up[i]``, − elsewhere.
+def flip_test(model, att: Attribute, pairs: Sequence[tuple[str, str, bool]], directions: dict,
+              alphas: Sequence[float] = PAPER_ALPHAS, n_random: int = 3, batch_size: int = 16, seed: int = 0,
+              progress: bool = True, max_rows: int = 256) -> dict:
+    """Add α·u to resid_post.L at b's last token for every α; count Yes/No answers that change.
 
-    Example:
-        >>> iv = push(torch.tensor([1.0, 0.0]), 2.0, [[0], [1]], [True, False])
-        >>> from interp.interventions import Context
-        >>> iv.apply(torch.zeros(2, 2, 2), Context.whole(torch.zeros(2, 2, 2)))[:, :, 0].tolist()
-        [[2.0, 0.0], [0.0, -2.0]]
-    """
-    parts = []
-    for sign, keep in ((1.0, True), (-1.0, False)):
-        rows = [list(p) if bool(u) == keep else [] for p, u in zip(positions, up)]
-        if any(rows):  # an all-empty list would read as an empty mask
-            parts.append(Add(direction, scale=sign * size, positions=rows))
-    return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+    ``directions[L]`` maps names to direction vectors at layer L (``{"pattern": u, "filter": w}``; a
+    bare vector is read as ``{"pattern": u}``); each is scaled to unit norm, and ``n_random`` random
+    unit directions are added as "random_k" (the same at every layer). α is absolute (the official
+    code divides α by the vector's norm), so the edit has norm |α|.
 
+    One forward per batch records every layer's residual and the baseline answers; ``sweep`` then
+    stacks every (direction, α) edit of that batch into the batch dimension and re-runs only the
+    blocks above L (``model.last_logits(start_layer=L + 1, resid=...)``) with ``AddPerPrompt`` at
+    ``resid_pre.{L+1}`` (the same tensor as ``resid_post.L``).
 
-def flip_test(model, att: Attribute, pairs: Sequence[tuple[str, str, bool]], directions: dict[int, np.ndarray],
-              alphas: Sequence[float], norms: dict[int, float], n_random: int = 3, batch_size: int = 16,
-              seed: int = 0, progress: bool = True) -> dict:
-    """Add ±α·norm·u at resid_post.L at b's last token; count Yes/No answer flips.
-
-    ``directions[L]`` is the unit direction along which the value grows at
-    layer L; ``norms[L]`` the mean residual norm there. Each prompt is pushed
-    the way that should flip its baseline answer (toward No if it said Yes).
-    Random controls: ``n_random`` unit directions with the same push.
-    One forward per batch records every flip layer's residual and the
-    baseline answer; each edit then re-runs only the blocks above L
-    (``model.last_logits(start_layer=L + 1, resid=...)``) with the ``Add``
-    attached at ``resid_pre.{L+1}`` (the same tensor as ``resid_post.L``).
-    Returns baseline accuracy and flip rates [layer][alpha] for "pls" and
-    "random" (mean over seeds).
+    Returns per layer: ``flip_rate[name][layer][alpha]`` (the Yes/No answer, the sign of
+    ``logit_diff``, changes at that α), ``flip_rate_any[name][layer]`` (changes at any α: the paper's
+    count), ``flip_rate_any_token`` (the greedy next token changes at any α: the official code's
+    count); "random" is the mean over the random directions; plus the baseline accuracy and Yes rate.
     """
     layers = sorted(directions)
     if any(not 0 <= layer < model.n_layers - 1 for layer in layers):
         raise InterpError(f"flip layers must be in 0..{model.n_layers - 2} (the edit feeds the next block)")
+    alphas = [float(a) for a in alphas]
+    dirs = {layer: directions[layer] if isinstance(directions[layer], dict) else {"pattern": directions[layer]}
+            for layer in layers}
+    names = list(dirs[layers[0]]) if layers else []
+    if any(list(d) != names for d in dirs.values()):
+        raise InterpError("every flip layer needs the same named directions")
+    rand = _random_units(model.d_model, n_random, seed + 1)
+    vecs = {}
+    for layer in layers:
+        v = torch.stack([torch.as_tensor(np.asarray(dirs[layer][n]), dtype=torch.float32) for n in names] + list(rand))
+        vecs[layer] = v / v.norm(dim=1, keepdim=True)
+    all_names = names + [f"random_{k}" for k in range(n_random)]
     prompts = [att.compare.format(a=a, b=b) for a, b, _ in pairs]
     truth = np.array([t for _, _, t in pairs])
     pos_b = [p[0] for p in entity_positions(model, prompts, [b for _, b, _ in pairs])]
     enc = model.encode(prompts)
-    rand = _random_units(model.d_model, n_random, seed + 1)
-    dirs = {layer: torch.as_tensor(directions[layer], dtype=torch.float32) for layer in layers}
-    n_al = len(alphas)
-    flips = {"pls": np.zeros((len(layers), n_al)), "random": np.zeros((len(layers), n_al, n_random))}
-    base_yes = np.zeros(len(pairs), dtype=bool)
-    answers = None
-    label = ""
-    steps = range(0, len(prompts), batch_size)
+    n, n_al = len(pairs), len(alphas)
+    changed = np.zeros((len(layers), len(all_names), n_al, n), dtype=bool)  # Yes/No answer changed
+    tok_changed = np.zeros_like(changed)  # greedy next token changed
+    base_yes = np.zeros(n, dtype=bool)
+    answers, label = None, ""
+    steps = range(0, n, batch_size)
     bar = tqdm(total=len(steps) * len(layers), desc="flip test", unit="layer-batch", disable=not progress)
     for s in steps:
-        rows = list(range(s, min(s + batch_size, len(prompts))))
+        rows = list(range(s, min(s + batch_size, n)))
         batch = model.pad([enc.ids[i] for i in rows])
         if answers is None:
             yes_id, no_id, label = answer_tokens(model, batch)
             answers = torch.tensor([[yes_id, no_id]])
-        ans = answers.expand(len(rows), 2)
         # one forward gives the baseline answer and every flip layer's residual, reused below
         with recording(model, [f"resid_post.{layer}" for layer in layers]) as cache:
-            said_yes = (logit_diff(model.last_logits(batch).float(), ans) > 0).cpu().numpy()
+            logits = model.last_logits(batch).float()
+        said_yes = (logit_diff(logits, answers.expand(len(rows), 2)) > 0).cpu().numpy()
+        said_tok = logits.argmax(-1).cpu().numpy()
         base_yes[rows] = said_yes
-        # push b's value up when that should turn the answer to Yes (yes_if=less) / to No (greater)
-        up = [(not y) == (att.yes_if == "less") for y in said_yes]
-        at = [[pos_b[i]] for i in rows]
+        # b's last token as a mask over each prompt's own tokens (row-aligned with the stacked edits)
+        width = max(len(enc.ids[i]) for i in rows)
+        at = torch.zeros(len(rows), width, dtype=torch.bool)
+        at[torch.arange(len(rows)), torch.tensor([pos_b[i] for i in rows])] = True
         for li, layer in enumerate(layers):
-            h = cache[f"resid_post.{layer}"]
-            vecs = [dirs[layer]] + [rand[k] for k in range(n_random)]
-            for ai, alpha in enumerate(alphas):
-                for vi, v in enumerate(vecs):
-                    with model.intervene({f"resid_pre.{layer + 1}": push(v, alpha * norms[layer], at, up)}):
-                        logits = model.last_logits(batch, start_layer=layer + 1, resid=h).float()
-                    now_yes = (logit_diff(logits, ans) > 0).cpu().numpy()
-                    n_flip = float((now_yes != said_yes).sum())
-                    if vi == 0:
-                        flips["pls"][li, ai] += n_flip
-                    else:
-                        flips["random"][li, ai, vi - 1] += n_flip
+            diff, tok = sweep(model, batch, cache[f"resid_post.{layer}"], layer, at, vecs[layer], alphas, answers,
+                              max_rows)
+            changed[li][:, :, rows] = (diff > 0) != said_yes
+            tok_changed[li][:, :, rows] = tok != said_tok
             bar.update(1)
     bar.close()
-    n = len(pairs)
-    return {"layers": layers, "alphas": list(alphas), "answer_tokens": label, "n_pairs": n,
-            "baseline_accuracy": float((base_yes == truth).mean()), "baseline_yes_rate": float(base_yes.mean()),
-            "flip_rate_pls": (flips["pls"] / n).tolist(),
-            "flip_rate_random": (flips["random"].mean(-1) / n).tolist(),
-            "flip_rate_random_per_seed": (flips["random"] / n).tolist(),
-            "n_random": n_random}
+
+    def rates(per_alpha: bool, flags: np.ndarray) -> dict:
+        r = flags.mean(-1) if per_alpha else flags.any(2).mean(-1)  # [layers, vectors(, alphas)]
+        out = {name: r[:, vi].tolist() for vi, name in enumerate(names)}
+        out["random"] = r[:, len(names):].mean(1).tolist()
+        return out
+
+    any_rand = changed[:, len(names):].any(2).mean(-1)  # [layers, n_random]
+    result = {"layers": layers, "alphas": alphas, "directions": names, "answer_tokens": label, "n_pairs": n,
+              "n_random": n_random, "baseline_accuracy": float((base_yes == truth).mean()),
+              "baseline_yes_rate": float(base_yes.mean()),
+              "flip_rate": rates(True, changed), "flip_rate_any": rates(False, changed),
+              "flip_rate_any_token": rates(False, tok_changed),
+              "flip_rate_random_per_direction": any_rand.tolist()}
+    # the older keys: the per-α grids of the first direction and of random
+    result["flip_rate_pls"] = result["flip_rate"][names[0]] if names else []
+    result["flip_rate_random"] = result["flip_rate"]["random"]
+    return result
 
 
-def best_flip(flip: dict) -> dict:
-    """The (layer, α) where PLS flips most beyond random (ties: the smaller α)."""
-    pls, rnd = np.asarray(flip["flip_rate_pls"]), np.asarray(flip["flip_rate_random"])
-    gap = pls - rnd
-    li, ai = np.unravel_index(int(np.argmax(gap)), gap.shape)
-    return {"layer": flip["layers"][li], "alpha": flip["alphas"][ai], "flip_rate_pls": float(pls[li, ai]),
-            "flip_rate_random": float(rnd[li, ai]),
-            "ratio": float(pls[li, ai] / rnd[li, ai]) if rnd[li, ai] > 0 else None}
+def sweep(model, batch: dict, resid: torch.Tensor, layer: int, at: torch.Tensor, vectors: torch.Tensor,
+          alphas: Sequence[float], answers: torch.Tensor, max_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Yes−No logit difference and greedy next token after adding α·v at ``resid_post.layer`` for every (v, α).
+
+    ``resid`` is the batch's cached ``resid_post.layer`` [B, seq, d], ``at`` a bool mask [B, tokens] of the
+    token to edit in each prompt, ``vectors`` [V, d], ``answers`` [[yes_id, no_id]]. The V·A edits are
+    stacked into the batch dimension, at most ``max_rows`` rows per forward (row j·B + i: prompt i under
+    edit j), and only the blocks above ``layer`` run, with ``AddPerPrompt`` at ``resid_pre.{layer+1}``.
+    Returns two arrays [V, A, B].
+    """
+    b = resid.shape[0]
+    edits = [(vi, ai) for vi in range(len(vectors)) for ai in range(len(alphas))]
+    diff = np.zeros((len(vectors), len(alphas), b))
+    tok = np.zeros((len(vectors), len(alphas), b), dtype=np.int64)
+    per_forward = max(1, max_rows // b)
+    for c in range(0, len(edits), per_forward):
+        part = edits[c:c + per_forward]
+        k = len(part)
+        delta = torch.stack([float(alphas[ai]) * vectors[vi] for vi, ai in part]).repeat_interleave(b, 0)
+        stacked = {key: t.repeat(k, *([1] * (t.dim() - 1))) for key, t in batch.items()}
+        with model.intervene({f"resid_pre.{layer + 1}": AddPerPrompt(delta, positions=at.repeat(k, 1))}):
+            out = model.last_logits(stacked, start_layer=layer + 1, resid=resid.repeat(k, 1, 1)).float()
+        d = logit_diff(out, answers.expand(len(out), 2)).cpu().numpy().reshape(k, b)
+        t = out.argmax(-1).cpu().numpy().reshape(k, b)
+        for j, (vi, ai) in enumerate(part):
+            diff[vi, ai], tok[vi, ai] = d[j], t[j]
+    return diff, tok
+
+
+def choose_flip(flip: dict, direction: str = "pattern") -> dict:
+    """The flip layer (largest any-α gap ``direction`` − random) and, at it, the α with the largest gap.
+
+    Ties go to the earlier layer and the smaller |α|. Made on validation prompts only.
+
+    Example:
+        >>> f = {"layers": [3, 7], "alphas": [-1.0, 1.0], "flip_rate_any": {"pattern": [0.2, 0.6], "random": [0.1, 0.1]},
+        ...      "flip_rate": {"pattern": [[0.1, 0.1], [0.2, 0.5]], "random": [[0.0, 0.1], [0.1, 0.1]]}}
+        >>> choose_flip(f)["layer"], choose_flip(f)["alpha"]
+        (7, 1.0)
+    """
+    gap = np.asarray(flip["flip_rate_any"][direction]) - np.asarray(flip["flip_rate_any"]["random"])
+    li = int(np.argmax(gap))
+    per = np.asarray(flip["flip_rate"][direction][li]) - np.asarray(flip["flip_rate"]["random"][li])
+    order = sorted(range(len(per)), key=lambda a: (-per[a], abs(flip["alphas"][a])))
+    ai = order[0]
+    pls, rnd = flip["flip_rate_any"][direction][li], flip["flip_rate_any"]["random"][li]
+    return {"layer": flip["layers"][li], "alpha": flip["alphas"][ai], "flip_rate_pls": float(pls),
+            "flip_rate_random": float(rnd), "ratio": float(pls / rnd) if rnd > 0 else None, "split": "validation"}
 
 
 def default_flip_layers(n_layers: int, k: int = 5) -> list[int]:
@@ -493,4 +665,3 @@ def default_flip_layers(n_layers: int, k: int = 5) -> list[int]:
     hi = max(0, min((3 * n_layers) // 4, n_layers - 2))
     lo = min(n_layers // 8, hi)
     return sorted({int(round(x)) for x in np.linspace(lo, hi, k)})
-
