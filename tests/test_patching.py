@@ -147,3 +147,24 @@ def test_projection_patch_is_exact_and_trainable():
     assert torch.equal(y[:, -2], expected) and torch.equal(y[:, [0, 1, 3]], x[:, [0, 1, 3]])
     y.sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_probe_prints_the_headlines(setup, monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    import interp.loading
+    from interp.experiments import patching
+
+    m, task = setup
+    bigger = PatchTask(task.clean * 2, task.corrupted * 2, torch.cat([task.answers, task.answers]))
+    real_run = patching.run
+    monkeypatch.setattr(interp.loading, "load_model", lambda name: m)
+    monkeypatch.setattr(patching, "run", lambda model, config, out=None: real_run(model, config, out, task=bigger))
+    path = Path(__file__).resolve().parents[1] / "probes" / "patching_illusion.py"
+    spec = importlib.util.spec_from_file_location("patching_probe", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    assert probe.main(["tiny", "--positions", "-1", "--das-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "mlp_act." in out and "resid_pre." in out and "paper (GPT-2 small)" in out
