@@ -26,20 +26,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passages", type=int, default=300)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0, help="seed of the passage split and the bootstrap")
     args = p.parse_args(argv)
     config = rank.check_config(rank.Config(layers=parse_layer_list(args.layers, known_n_layers(args.model)),
-                                           passages=args.passages, max_tokens=args.max_tokens),
+                                           passages=args.passages, max_tokens=args.max_tokens, seed=args.seed),
                                known_n_layers(args.model))
     r = rank.run(load_model(args.model), config, out=args.out).report
-    rel = r["relative_k99"]
-    print(f"\n{r['model']['model']}, {r['n_tokens']} tokens; paper: attention ~0.6, MLP and residual ~0.9")
-    print("layer  attn_out  mlp_out  resid_post  mlp-attn")
+    rel, ci = r["relative_k99"], r["ci"]
+    print(f"\n{r['model']['model']}, test split: {r['n_test_passages']} passages, {r['n_tokens']} tokens "
+          f"({r['ci_method']}); paper: attention ~0.6, MLP and residual ~0.9")
+    print("layer  attn_out (95% CI)         mlp_out (95% CI)          resid_post  mlp-attn")
     gaps = []
     for i, layer in enumerate(r["layers"]):
         gap = rel["mlp_out"][i] - rel["attn_out"][i]
         gaps.append(gap)
-        print(f"{layer:>5}  {rel['attn_out'][i]:8.3f}  {rel['mlp_out'][i]:7.3f}  {rel['resid_post'][i]:10.3f}  "
-              f"{gap:8.3f}")
+        print(f"{layer:>5}  {rel['attn_out'][i]:.3f} ({ci['attn_out'][i][0]:.3f}-{ci['attn_out'][i][1]:.3f})  "
+              f"{rel['mlp_out'][i]:.3f} ({ci['mlp_out'][i][0]:.3f}-{ci['mlp_out'][i][1]:.3f})  "
+              f"{rel['resid_post'][i]:10.3f}  {gap:8.3f}")
     mean_gap = sum(gaps) / len(gaps)
     verdict = "meets" if mean_gap >= rank.TARGET_GAP else "misses"
     print(f"mean gap {mean_gap:.3f}: {verdict} the target (attention >= {rank.TARGET_GAP} below MLP)")

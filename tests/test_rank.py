@@ -99,20 +99,24 @@ def test_fit_store_sites_one_pass_matches_fit_store(tmp_path, tiny_llama):
 
 
 @pytest.mark.slow
-def test_rank_cli_on_smollm(tmp_path):
+def test_attention_rank_below_mlp_on_held_out_passages_smollm(tmp_path):
+    """The paper's claim on SmolLM2, read on test passages the run never looked at before."""
     import json
 
     from interp.cli import main
 
-    assert main(["rank", "smollm2-135m-instruct", "--out", str(tmp_path), "--layers", "2", "5", "--passages", "24",
-                 "--max-tokens", "64", "--bootstrap", "5"]) == 0
+    assert main(["rank", "smollm2-135m-instruct", "--out", str(tmp_path), "--layers", "3", "9", "15",
+                 "--passages", "60", "--max-tokens", "64", "--bootstrap", "10"]) == 0
     r = json.loads((tmp_path / "report.json").read_text())
-    assert r["layers"] == [2, 5] and set(r["relative_k99"]) == {"attn_out", "mlp_out", "resid_post"}
-    assert r["n_tokens"] > 576  # more tokens than dimensions, else the estimate is refused
     assert r["protocol"]["selected_on"] == "validation" and r["protocol"]["split_unit"] == "passage"
     assert all(h["split"].startswith("test") for h in r["summary"])
+    attn, mlp = r["relative_k99"]["attn_out"], r["relative_k99"]["mlp_out"]
+    gaps = [m - a for a, m in zip(attn, mlp)]
+    # measured (seed 0, 36 test passages, 2,268 tokens): gaps 0.354, 0.184, 0.405 (mean 0.314; attention
+    # 0.48 0.53 0.40, MLP 0.83 0.71 0.81); the paper's gap is ≈ 0.3. Margins: every layer's gap above 0.08
+    # (0.10 below the smallest measured), the mean above 0.15 (the project's target; 0.16 below measured)
+    assert min(gaps) > 0.08 and sum(gaps) / len(gaps) > 0.15, gaps
     assert (tmp_path / "report.html").stat().st_size > 10_000
-
 
 
 # ------------------------------------------------------------------ scikit-learn contract
