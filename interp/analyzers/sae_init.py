@@ -9,6 +9,12 @@ decoder's transpose and the decoder bias the mean. ``ActiveSubspaceInit`` is
 the same as a scikit-learn estimator (fitted ``W_dec_``, ``components_``;
 ``transform`` gives coordinates in the active subspace).
 
+``initialize`` is the paper's recipe as the official code (OpenMOSS lm-saes)
+runs it on a SAELens SAE: the SAE's own random decoder projected into the
+subspace, b_dec = the mean, the decoder-norm grid search, encoder = decoderᵀ;
+the bias and norm handling apply to the random init too, so a comparison
+changes only the directions.
+
 Example:
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
