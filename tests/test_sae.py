@@ -183,7 +183,8 @@ def test_spliced_lm_loss(tiny_llama, tiny_store, tmp_path):
 
 
 @pytest.mark.slow
-def test_sae_compare_cli_on_smollm(tmp_path):
+def test_active_init_leaves_fewer_dead_features_same_b_dec_smollm(tmp_path):
+    """The paper's SAE claim on SmolLM2 attn_out.1, same budget, seed, b_dec (mean) and norm search for both inits."""
     import json
 
     from sae_lens import SAE
@@ -191,16 +192,20 @@ def test_sae_compare_cli_on_smollm(tmp_path):
     from interp.cli import main
 
     assert main(["sae", "compare", "smollm2-135m-instruct", "--site", "attn_out", "--layer", "1", "--out",
-                 str(tmp_path), "--d-sae", "1152", "--tokens", "8192", "--batch-size", "512", "--passages", "48",
-                 "--val-passages", "16", "--eval-passages", "8", "--lm-passages", "2", "--max-tokens", "64",
+                 str(tmp_path), "--d-sae", "4608", "--tokens", "8192", "--batch-size", "512", "--passages", "48",
+                 "--val-passages", "16", "--eval-passages", "16", "--lm-passages", "2", "--max-tokens", "64",
                  "--dead-window", "2048"]) == 0
     r = json.loads((tmp_path / "report.json").read_text())
-    assert set(r["dead_fraction"]) == set(r["explained_variance"]) == {"active", "random"}
     assert r["protocol"]["selected_on"] == "validation" and r["b_dec"] == "mean"
-    assert 1 <= r["d_active"] <= 576
-    assert (tmp_path / "report.html").stat().st_size > 10_000
+    for init in ("active", "random"):
+        assert json.loads((tmp_path / init / "result.json").read_text())["config"]["b_dec"] == "mean"
+    dead = r["dead_fraction"]
+    # measured (8×, 8,192 tokens, 1,008 test tokens): seed 0 active 0.095 vs random 0.158, seed 1 0.089 vs 0.159;
+    # the paper: 0.87 -> < 0.01 at 1M features and a far larger budget. Margin: active at least 0.02 below random
+    # (the smallest measured gap is 0.063, so the margin is 0.043)
+    assert dead["active"] < dead["random"] - 0.02, dead
     sae = SAE.load_from_disk(tmp_path / "active" / "sae")
-    assert sae.cfg.d_sae == 1152 and sae.cfg.d_in == 576
+    assert sae.cfg.d_sae == 4608 and sae.cfg.d_in == 576
 
 
 # ------------------------------------------------------------------ experiment, command and benchmark
