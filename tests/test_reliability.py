@@ -652,6 +652,10 @@ def _cli_rows():
                                                        "{store}", "--sites", "resid_pre.0"], 2, "refusing to mix"),
         ("capture: store folder with stray shards", ["capture", "{folder}", "--prompts", "{files}/ok.txt", "--out",
                                                      "{stray}"], 2, "no manifest.json"),
+        ("sae train: layer 99, refused before loading or fetching a corpus",
+         ["sae", "train", "{folder}", "--layer", "99", "--out", "{tmp}/sae"], 2, "0..1"),
+        ("rank: layer 99, refused before loading", ["rank", "{folder}", "--layers", "99", "--out", "{tmp}/r"], 2,
+         "0..1"),
         ("models: unknown --yaml option", ["models", "--yaml"], 2, "unrecognized arguments"),
         ("no such command", ["frobnicate"], 2, "invalid choice"),
     ]
