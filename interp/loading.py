@@ -85,6 +85,14 @@ def precheck_sites(name_or_path: str, sites) -> list:
     return [s if isinstance(s, str) and s in SITE_NAMES else parse_site(s, n_layers) for s in items]
 
 
+def _damaged_file_error(e: BaseException) -> bool:
+    """Whether a load failed on a file's content (so rebuilding a cached conversion can fix it)."""
+    import json
+
+    names = {"SafetensorError", "HeaderTooLarge", "EOFError", "UnicodeDecodeError"}
+    return isinstance(e, (OSError, json.JSONDecodeError, EOFError)) or type(e).__name__ in names
+
+
 def _check_device(device) -> None:
     if device is None:
         return
@@ -127,11 +135,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
         tokenizer = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code)
         return tokenizer, AutoModelForCausalLM.from_pretrained(src, **kwargs)
 
+    out_of_memory = (MemoryError, getattr(torch, "OutOfMemoryError", MemoryError))
     try:
         try:
             tokenizer, hf = read(source)
-        except Exception:
-            if name_or_path not in PACKAGED:
+        except out_of_memory:
+            raise
+        except Exception as e:
+            if name_or_path not in PACKAGED or not _damaged_file_error(e):
                 raise
             # our own cached conversion is damaged (a truncated or edited file): make it again, once
             source = str(hf_dir(name_or_path, progress=progress, rebuild=True))
@@ -141,7 +152,7 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
             f"could not load {name_or_path!r}: {e}\nOffline, use a packaged model "
             f"({', '.join(PACKAGED)}), a local folder or a .gguf file."
         ) from e
-    except (InterpError, KeyboardInterrupt, MemoryError):
+    except (InterpError, *out_of_memory):
         raise
     except Exception as e:  # a damaged folder: safetensors, json, tokenizers and config errors of many kinds
         raise InterpError(f"could not load {name_or_path!r} from {source}: {type(e).__name__}: {str(e)[:300]}. "

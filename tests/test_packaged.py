@@ -130,6 +130,23 @@ def test_damaged_conversion_is_rebuilt_on_load(fake_packaged):
         assert a.shape == b.shape and torch.isfinite(b).all()
 
 
+def test_damaged_conversion_under_an_old_stamp_is_rebuilt(fake_packaged):
+    """Caches converted before file records existed: the load error itself triggers one rebuild."""
+    import json
+
+    spec, _, calls = fake_packaged
+    out = packaged.hf_dir(spec.name)
+    stamp = json.loads((out / "interp_source.json").read_text())
+    stamp.pop("files", None)
+    (out / "interp_source.json").write_text(json.dumps(stamp))
+    weights = next(out.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[8:16] = b"{{{{{{{{"  # same size, unreadable header
+    weights.write_bytes(bytes(data))
+    load_model(spec.name, progress=False)
+    assert len(calls) == 2
+
+
 def test_damaged_model_folder_is_a_clear_error(tmp_path):
     from interp.testing import tiny_model
 
