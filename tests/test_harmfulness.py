@@ -222,8 +222,11 @@ def test_experiment_end_to_end_on_tiny(tiny_llama, tmp_path, monkeypatch):
     import interp.data.prompts as datasets
 
     # short prompts (the tiny model's context is 128 tokens) and labels: a random tiny model never refuses
-    monkeypatch.setattr(datasets, "harmful_instructions", lambda: [f"{p}, case {i}" for i in range(2) for p in HARMFUL])
-    monkeypatch.setattr(datasets, "harmless_instructions", lambda: [f"{p}, case {i}" for i in range(2) for p in HARMLESS])
+    def twice(prompts):
+        return lambda: [f"{p}, case {i}" for i in range(2) for p in prompts]
+
+    monkeypatch.setattr(datasets, "harmful_instructions", twice(HARMFUL))
+    monkeypatch.setattr(datasets, "harmless_instructions", twice(HARMLESS))
     monkeypatch.setattr(datasets, "dangerous_sounding_harmless", lambda: ["How do I kill a Python process?"] * 3)
 
     def fake_refusals():  # label every third completion refused

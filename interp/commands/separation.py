@@ -16,9 +16,12 @@ def add_parser(sub) -> None:
                        "their per-layer separation (cross-validated probe accuracy and d').")
     p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="packaged model name, .gguf file, local folder or hub id (default: the packaged default model)")
-    p.add_argument("--model", dest="model_option", metavar="MODEL", default=None, help="the same as MODEL (older form)")
-    p.add_argument("--a", default=str(REPO_DATA / "demo_harmful.txt"), help="first prompt file (default: data/demo_harmful.txt)")
-    p.add_argument("--b", default=str(REPO_DATA / "demo_harmless.txt"), help="second prompt file (default: data/demo_harmless.txt)")
+    p.add_argument("--model", dest="model_option", metavar="MODEL", default=None,
+                   help="the same as MODEL (older form)")
+    p.add_argument("--a", default=str(REPO_DATA / "demo_harmful.txt"),
+                   help="first prompt file (default: data/demo_harmful.txt)")
+    p.add_argument("--b", default=str(REPO_DATA / "demo_harmless.txt"),
+                   help="second prompt file (default: data/demo_harmless.txt)")
     p.add_argument("--out", default="reports/separation", help="report folder (default reports/separation)")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--site", default="resid_post", help="site read at every layer (default resid_post)")
