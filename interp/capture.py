@@ -62,6 +62,9 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     """Capture activations; see ``Model.capture`` for the arguments."""
     if batch_size < 1:
         raise InterpError(f"batch_size must be >= 1, got {batch_size}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise InterpError(f"dtype must be a floating-point torch dtype (torch.float32, torch.float16, "
+                          f"torch.bfloat16), got {dtype!r}")
     site_list: list[Site] = expand_sites(sites, model.n_layers)
     enc = encoded if encoded is not None else model.encode(prompts, chat=chat, system=system)
     per_prompt = resolve_positions(positions, enc.lengths, enc.spans)

@@ -267,8 +267,6 @@ def test_ambiguous_position_specs_are_refused(tiny_llama, bad, fragment):
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
-@pytest.mark.xfail(reason="needs the one-line dtype check in interp/capture.py (lead's file; see docs/reliability.md)",
-                   raises=pytest.fail.Exception, strict=False)
 def test_integer_capture_dtype_is_refused(tiny_llama, dtype):
     with pytest.raises(InterpError, match="floating"):
         tiny_llama.capture(["Hi there"], "resid_pre.0", "last", dtype=dtype, progress=False)

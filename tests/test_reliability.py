@@ -590,10 +590,7 @@ API_ROWS = ([("site: " + r[0],) + r[1:] for r in SITES] + [("positions: " + r[0]
 
 
 #: rows whose fix belongs to another module's owner: they stay in the table, marked, until fixed
-KNOWN_GAPS = {
-    "analyzer: diff-of-means NaN": "DiffOfMeans passes NaN input to scikit-learn, whose ValueError is clear but "
-                                   "is not an InterpError (interp/analyzers/refusal.py)",
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("fn,fragment", [

@@ -39,6 +39,16 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(a if a.flags.writeable else a.copy())
 
 
+def _validated(est, X, **kwargs) -> np.ndarray:
+    """scikit-learn's input checks, with their message kept but raised as an InterpError (a ValueError)."""
+    try:
+        return validate_data(est, _numpy(X), dtype=np.float64, allow_nd=True, **kwargs)
+    except InterpError:
+        raise
+    except ValueError as e:
+        raise InterpError(f"X is not usable for a difference of means: {e}") from e
+
+
 class DiffOfMeans(TransformerMixin, BaseEstimator):
     """Difference of class means (float64, unnormalized): the refusal-direction candidate.
 
@@ -65,7 +75,7 @@ class DiffOfMeans(TransformerMixin, BaseEstimator):
         self.positive = positive
 
     def fit(self, X, y) -> "DiffOfMeans":
-        X = validate_data(self, _numpy(X), dtype=np.float64, allow_nd=True, ensure_min_samples=1)
+        X = _validated(self, X, ensure_min_samples=1)
         y = np.asarray(_numpy(y))
         if y.ndim != 1 or y.shape[0] != X.shape[0]:
             raise InterpError(f"y must be one label per example: {X.shape[0]} examples, y of shape {y.shape}")
@@ -85,7 +95,7 @@ class DiffOfMeans(TransformerMixin, BaseEstimator):
     def transform(self, X) -> np.ndarray:
         """Projection of each example on the unit direction(s): [examples, number of directions]."""
         check_is_fitted(self, "direction_")
-        X = _tensor(validate_data(self, _numpy(X), dtype=np.float64, allow_nd=True, reset=False))
+        X = _tensor(_validated(self, X, reset=False))
         d = torch.from_numpy(self.direction_)
         if tuple(X.shape[1:]) != tuple(d.shape):
             raise InterpError(f"X has shape {tuple(X.shape)}, the direction was fitted on [examples, "
