@@ -208,10 +208,9 @@ def run(model, config: Config | None = None, out=None) -> Result:
             i = layers.index(L)
             min_rank = min_rank_within(val_sweep, val_acc[select_on]["full"][i], 0.02)
 
-    # intervene, then read the test texts once: every number reported below comes from them
+    # evaluate: every choice is made; now the test texts are read, once, for every number reported
     with sw("test"):
         acc = {s: {k: [_score(fitted[k, L], Xs[L], test, s) for L in layers] for k in kinds} for s in SUBSETS}
-        t_sel = test.of_kind(select_on)
         report = {
             "model": model.describe(), "task": config.task, "layers": layers, "site": "resid_post",
             "n_texts": len(records), "n_train_texts": len(splits.train), "n_val_texts": len(splits.val),
@@ -252,6 +251,7 @@ def run(model, config: Config | None = None, out=None) -> Result:
                                     "val_accuracy": {str(r): a for r, a in val_sweep.items()}}
             report["min_rank_within_2pts"] = min_rank
             report["min_rank_selected_on"] = "validation"
+    # intervene: the chosen layer's binding subspace (rank from validation) vs random ones, scored on test texts
     if config.ablation and sweep:
         with sw("ablation"):
             L = chosen["layer"]
@@ -412,10 +412,11 @@ def summary_lines(report: dict) -> list[str]:
         lines.append(f"{layer:>5} " + " ".join(f"{_f(acc[k][i]):>8}" for k in kinds))
     if "best" in report:
         b = report["best"]
+        kinds_part = (f"cross-mention {_f(b['accuracy_cross'])} (linear {_f(b['linear_cross'])}), within-mention "
+                      f"{_f(b['accuracy_within'])}, " if sub == "cross" else "")
         lines.append(f"chosen on validation: {b['kind']} at layer {b['layer']} (validation {b['val_accuracy']:.3f}); "
-                     f"test: cross-mention {_f(b['accuracy_cross'])} (linear {_f(b['linear_cross'])}), "
-                     f"within-mention {_f(b['accuracy_within'])}, all pairs {b['accuracy']:.3f} "
-                     f"(linear {_f(b['linear_at_that_layer'])}); majority {report['majority_baseline']:.3f}")
+                     f"test: {kinds_part}all pairs {b['accuracy']:.3f} (linear {_f(b['linear_at_that_layer'])}); "
+                     f"majority {report['majority_baseline']:.3f}")
         d = b.get("cross_distinct_tokens")
         if d:
             lines.append(f"  cross-mention pairs of two different tokens: {d['accuracy']:.3f} on {d['n']} pairs "
@@ -466,8 +467,8 @@ def _result(model, config: Config, out, report: dict, sw: Stopwatch, protocol: d
         if lin is not None:
             headlines.append(Headline(f"linear probe, {label}, chosen layer", lin, test_split,
                                       note="scores tokens one at a time: chance by design"))
-            headlines.append(Headline(f"chosen − linear, {label}", value - lin, test_split, target=f"≥ {TARGET_GAIN}",
-                                      paper=PAPER["order"], met=value - lin >= TARGET_GAIN))
+            headlines.append(Headline(f"chosen − linear, {label}", value - lin, test_split,
+                                      target=f"≥ {TARGET_GAIN}", paper=PAPER["order"], met=value - lin >= TARGET_GAIN))
         headlines.append(Headline(f"majority-class baseline, {label}", maj, test_split))
         if sub == "cross":
             pw = r["pairs"]["within"]["test"]
@@ -489,7 +490,7 @@ def _result(model, config: Config, out, report: dict, sw: Stopwatch, protocol: d
     if "rank_sweep" in r:
         r_min = r["min_rank_within_2pts"]
         rs = r["rank_sweep"]
-        headlines.append(Headline(f"smallest low-rank r within 2 points of full", r_min,
+        headlines.append(Headline("smallest low-rank r within 2 points of full", r_min,
                                   f"validation texts ({r['n_val_texts']}), {sub} pairs", target=f"≤ {TARGET_RANK}",
                                   met=r_min is not None and r_min <= TARGET_RANK,
                                   note=f"layer {rs['layer']}; ranks tried: " + ", ".join(rs["accuracy"]) +
