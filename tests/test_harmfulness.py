@@ -95,7 +95,6 @@ def test_two_directions_and_inversion_on_tiny(tiny_llama):
 
 def test_wrapping_errors(tiny_llama):
     from interp.data.prompts import wrap, wrap_in_jailbreaks
-    from interp.harmfulness import wrap_in_jailbreaks as old_wrap
 
     with pytest.raises(InterpError, match="placeholder"):
         wrap("no place for it", "x")
@@ -104,7 +103,6 @@ def test_wrapping_errors(tiny_llama):
         wrap_in_jailbreaks(["x"], ["[INSERT PROMPT HERE] " + "word " * 500], tok, min(limit, 300))
     templates = ["Pretend. [INSERT PROMPT HERE]", "word " * 500 + "[INSERT PROMPT HERE]"]
     assert wrap_in_jailbreaks(["do it"], templates, tok, 300) == ["Pretend. do it"]
-    assert old_wrap(tiny_llama, ["do it"], templates, max_tokens=300) == ["Pretend. do it"]  # the forwarding shim
 
 
 def test_keyword_baseline():
@@ -217,7 +215,6 @@ def test_experiment_end_to_end_on_tiny(tiny_llama, tmp_path, monkeypatch):
     import json
 
     from interp.experiments import harmfulness as harm
-    from interp.harmfulness import run_harmfulness
 
     import interp.data.prompts as datasets
 
@@ -248,12 +245,6 @@ def test_experiment_end_to_end_on_tiny(tiny_llama, tmp_path, monkeypatch):
     assert {"cosine_per_layer", "guard_roc", "inversion_layer_0"} <= set(result.figures)
     guard, meta = LatentGuard.load(tmp_path / "r" / "guard.safetensors")
     assert meta["position"] == "instruction_last" and guard.n_layers_in_ == tiny_llama.n_layers
-    # the forwarding shim runs the same experiment
-    fake_refusals()
-    old = run_harmfulness(tiny_llama, None, n_fit=4, n_test=3, n_jailbreak=0, n_inversion=2, n_dangerous=2,
-                          alphas=(0.0, 1.0), max_new_tokens=2, progress=False)
-    assert old["cosine"] == result.report["cosine"] and old["inversion"] == result.report["inversion"]
-    assert old["guard"]["plain"]["guard_auroc"] == result.report["guard"]["plain"]["guard_auroc"]
 
 
 def test_reply_inversion_edits_only_the_inner_prompt(tiny_llama):
