@@ -40,7 +40,9 @@ def _context(state: dict, args, kwargs) -> Context:
     total = mask.shape[1]
     prompt_width = state.get("prompt_width")
     if prompt_width is None:
-        if total == width:  # a fresh forward: everything is prompt
+        # a fresh forward, or several tokens continuing a cached prefix (a shared chat-template prefix):
+        # all prompt. Decoding steps of a raw hf.generate add one token at a time after the prefill.
+        if total == width or width > 1:
             state["prefill_width"] = total
         prompt_width = state.get("prefill_width", total)
     cols = torch.arange(total - width, total, device=x.device)

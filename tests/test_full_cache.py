@@ -141,3 +141,20 @@ def test_evaluation_functions(tiny_llama):
     assert completion_ce(tiny_llama, ["hello"], ["there friend"], {"resid_pre.1": Add(10 * r)}) != ce
     with pytest.raises(InterpError, match="completions"):
         completion_ce(tiny_llama, ["a", "b"], ["c"])
+
+
+def test_prompt_positions_after_a_cached_prefix(tiny_llama):
+    """Tokens that continue a cached prefix are prompt tokens: a "prompt"-limited Add edits them exactly
+    as it does in one full forward."""
+    m = tiny_llama
+    ids = m.encode(["hello there friend"]).ids[0]
+    head, tail = ids[:5], ids[5:]
+    v = torch.randn(m.d_model)
+    full_batch = m.pad([ids])
+    with m.intervene({"resid_pre.1": Add(v, positions="prompt")}):
+        full = m.run(full_batch)[:, -1]
+        cache = m.prefix_cache(head)
+        tail_batch = {"input_ids": torch.tensor([tail]), "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+                      "position_ids": torch.arange(len(head), len(ids))[None]}
+        split = m.last_logits(tail_batch, cache=cache)
+    assert torch.allclose(full, split, atol=1e-4)
