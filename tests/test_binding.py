@@ -399,7 +399,7 @@ def test_cli_parses_lists_and_fails_before_loading(capsys):
 def test_lowrank_beats_linear_on_held_out_cross_mention_pairs(smollm):
     """The paper's claim on held-out texts: a relational (low-rank quadratic) probe reads binding, a linear one
     cannot. Cross-mention pairs only (tokens of different mentions of one entity vs different entities), so
-    sub-tokens of one name (adjacency) do not count. ~25 s on a loaded 2-core machine.
+    sub-tokens of one name (adjacency) do not count. 6 s (idle 2 cores) to ~55 s (shared), model loaded.
 
     Measured (layer 15, rank 8, 15 epochs, test texts): seed 0 lowrank 0.786 vs linear 0.475 (+0.31), majority
     0.508; seeds 1 / 2: +0.23 / +0.22. Thresholds: +0.15 over linear and +0.15 over the majority class, about
@@ -418,7 +418,7 @@ def test_lowrank_beats_linear_on_held_out_cross_mention_pairs(smollm):
 
 @pytest.mark.slow
 def test_entity_binding_targets_on_default_model(qwen):
-    """Qwen2.5-Coder-0.5B at layer 12, cross-mention pairs of the test texts (~90–130 s on a loaded 2-core machine).
+    """Qwen2.5-Coder-0.5B at layer 12, cross-mention pairs of the test texts (25 s idle, ~90–130 s shared).
 
     Measured (rank 16, 30 epochs; seeds 0 / 1 / 2): full 0.846 / 0.826 / 0.857, lowrank 0.818 / 0.849 / 0.840,
     linear 0.519 / 0.509 / 0.487, majority ≈ 0.51. Smallest gap over linear +0.30; thresholds +0.2 (0.1 margin).
