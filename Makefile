@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: setup
-	$(VENV)/bin/interp demo --model $(DEMO_MODEL) --out $(DEMO_OUT)
+	$(VENV)/bin/interp demo $(DEMO_MODEL) --out $(DEMO_OUT)
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

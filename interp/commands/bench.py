@@ -4,6 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..packaged import DEFAULT_MODEL
+from ._args import add_model_argument, model_name
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark and print measured numbers",
@@ -13,7 +16,7 @@ def add_parser(sub) -> None:
                            description="Time interp capture (memory and store) against a plain HF forward, "
                            "TransformerLens run_with_cache and nnsight, and the peak RSS of store captures "
                            "of N and 10N prompts.")
-    cap.add_argument("--model", default=None, help="model to benchmark (default: the packaged default model)")
+    add_model_argument(cap, DEFAULT_MODEL)
     cap.add_argument("--batch", type=int, default=8, help="prompts per batch (default 8)")
     cap.add_argument("--seq", type=int, default=64, help="tokens per prompt (default 64)")
     cap.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (default 5)")
@@ -24,7 +27,7 @@ def add_parser(sub) -> None:
                            description="Tokens/s of plain HF generate, the same with all-layer directional "
                            "ablation through model.intervene, and TransformerLens' bridge generate with the same "
                            "hooks; ratios are relative to plain HF (higher is faster).")
-    gen.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    add_model_argument(gen, DEFAULT_MODEL)
     gen.add_argument("--batch", type=int, default=8, help="prompts per batch (default 8)")
     gen.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     gen.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
@@ -33,7 +36,7 @@ def add_parser(sub) -> None:
     ref = which.add_parser("refusal", help="refusal-direction search: pruned vs exhaustive wall time",
                            description="Time the refusal-direction search on one split in both modes, with each "
                            "stage's share, and check that both modes pick the same candidate.")
-    ref.add_argument("--model", default=None, help="model (default: the packaged default model)")
+    add_model_argument(ref, DEFAULT_MODEL)
     ref.add_argument("--n-train", type=int, default=64, help="training prompts per class (default 64)")
     ref.add_argument("--n-val", type=int, default=28, help="validation prompts per class (default 28)")
     ref.add_argument("--kl-max", type=float, default=0.1, help="KL filter of the selection (default 0.1)")
@@ -47,9 +50,8 @@ def add_parser(sub) -> None:
 
 def run_capture(args) -> int:
     from ..bench.capture import bench_capture, print_table
-    from ..packaged import DEFAULT_MODEL
 
-    result = bench_capture(args.model or DEFAULT_MODEL, batch=args.batch, seq=args.seq, reps=args.reps,
+    result = bench_capture(model_name(args), batch=args.batch, seq=args.seq, reps=args.reps,
                            rss_n=args.rss_n, progress=not args.json)
     if args.json:
         print(json.dumps(result))
@@ -60,9 +62,8 @@ def run_capture(args) -> int:
 
 def run_refusal(args) -> int:
     from ..bench.refusal import bench_refusal
-    from ..packaged import DEFAULT_MODEL
 
-    r = bench_refusal(args.model or DEFAULT_MODEL, args.n_train, args.n_val, args.kl_max, args.top_k,
+    r = bench_refusal(model_name(args), args.n_train, args.n_val, args.kl_max, args.top_k,
                       induce_min=args.induce_min, progress=not args.json)
     if args.out:
         Path(args.out).write_text(json.dumps(r, indent=1))
@@ -82,9 +83,8 @@ def run_refusal(args) -> int:
 
 def run_generate(args) -> int:
     from ..bench.generate import bench_generate
-    from ..packaged import DEFAULT_MODEL
 
-    r = bench_generate(args.model or DEFAULT_MODEL, args.batch, args.new_tokens, args.reps, progress=not args.json)
+    r = bench_generate(model_name(args), args.batch, args.new_tokens, args.reps, progress=not args.json)
     if args.json:
         print(json.dumps(r))
         return 0

@@ -7,6 +7,9 @@ the packaged model whose refusal direction has the clearer effect.
 """
 from __future__ import annotations
 
+from ..packaged import DEMO_MODEL
+from ._args import add_model_argument, model_name
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the packaged demo model",
@@ -14,8 +17,8 @@ def add_parser(sub) -> None:
                        "(Qwen2.5-Coder-1.5B-Instruct, about 30 min on 2 CPU cores): filter prompts, search "
                        "candidates, evaluate on held-out prompts, and write direction.safetensors, report.json "
                        "and report.html.")
-    p.add_argument("--model", default=None,
-                   help="model (default: qwen2.5-coder-1.5b-instruct; qwen2.5-coder-0.5b-instruct takes 11 min)")
+    add_model_argument(p, DEMO_MODEL, help="packaged model name, .gguf file, local folder or hub id "
+                       "(qwen2.5-coder-0.5b-instruct takes 11 min)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--kl-max", type=float, default=None,
                    help="KL filter of the selection (default: the model's documented setting, else interp "
@@ -38,11 +41,10 @@ DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.
 def run(args) -> int:
     import argparse
 
-    from ..packaged import DEMO_MODEL
     from .refusal import add_parser as add_refusal_parser
     from .refusal import run as run_refusal
 
-    model = args.model or DEMO_MODEL
+    model = model_name(args)
     filters = {**DEMO_FILTERS.get(model, {}),
                **{k: v for k, v in (("kl_max", args.kl_max), ("induce_min", args.induce_min)) if v is not None}}
     # the refusal command's own parser, so the demo runs exactly its defaults where no filter is set here
