@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\npaper: R² {numeric.PAPER['r2']} (7B models); PLS directions flip answers far more than random ones")
-    print("all numbers on test entities; layers chosen on validation" + (
-        f"; R² and flip rates: mean over seeds {args.seeds} (ridge, PCA + linear: the first seed)" if args.seeds else ""))
+    seeds = f"; R² and flip rates: mean over seeds {args.seeds} (ridge, PCA + linear: the first seed)"
+    print("all numbers on test entities; layers chosen on validation" + (seeds if args.seeds else ""))
     print("attribute            entities  layer  PLS R²  ridge  pca+lin  shuffled | flip layer  PLS  read-out  random")
     n_good, ratios = 0, []
     for res in results:

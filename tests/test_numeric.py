@@ -537,7 +537,8 @@ def test_probe_script_calls_the_experiment(tiny_llama, tmp_path, monkeypatch, ca
     probe = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(probe)
     rc = probe.main(["tiny", "--attributes", "atomic_number", "--out", str(tmp_path), "--no-filter",
-                     "--max-entities", "20", "--flip-layers", "0", "--alphas", "-8", "8", "--pairs", "4", "--random", "1"])
+                     "--max-entities", "20", "--flip-layers", "0", "--alphas", "-8", "8", "--pairs", "4",
+                     "--random", "1"])
     assert rc == 0 and (tmp_path / "atomic_number" / "report.json").exists()
     assert "atomic_number" in capsys.readouterr().out
     assert probe.main(["tiny", "--attributes", "shoe_size", "--out", str(tmp_path)]) == 2

@@ -97,8 +97,9 @@ class NumericSubspace(TransformerMixin, RegressorMixin, BaseEstimator):
     (the first of them, signed so the predicted value grows along it: the
     steering direction), ``filters_`` / ``filter_direction_`` (the same for
     ``x_weights_ / scale``: the direction the probe *reads*, which differs
-    from the pattern when features have unequal spread), ``n_features_in_``. ``predict`` gives the value, ``transform`` the PLS
-    scores [n, k], ``score`` the R²; numpy or torch input.
+    from the pattern when features have unequal spread), ``n_features_in_``.
+    ``predict`` gives the value, ``transform`` the PLS scores [n, k],
+    ``score`` the R²; numpy or torch input.
 
     Example:
         est = NumericSubspace(n_components=5).fit(acts["resid_post.8"][:, 0], birth_years)
@@ -256,7 +257,8 @@ def cross_validate_layers(X_layers, y, groups: Sequence, n_components: int = 5, 
 
 
 def heldout_scores(X_layers, y, train: Sequence[int], held_out: Sequence[int], n_components: int = 5,
-                   baselines: Sequence[str] = BASELINES, seed: int = 0, progress: bool = True) -> dict[str, list[float]]:
+                   baselines: Sequence[str] = BASELINES, seed: int = 0,
+                   progress: bool = True) -> dict[str, list[float]]:
     """R² per layer on the ``held_out`` rows of probes fitted on the ``train`` rows: PLS and each baseline.
 
     Split by entity (``interp.protocol.split_groups``) so no entity has rows on both sides. The

@@ -54,7 +54,8 @@ from ..protocol import protocol_block, seed_summary, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 
 __all__ = ["Config", "run", "check_config", "recall_filter", "Recall", "parse_number", "entity_positions",
-           "capture_entities", "fit_probes", "flip_test", "sweep", "choose_flip", "answer_tokens", "default_flip_layers",
+           "capture_entities", "fit_probes", "flip_test", "sweep", "choose_flip", "answer_tokens",
+           "default_flip_layers",
            "ATTRIBUTES", "PAPER", "PAPER_ALPHAS", "TARGETS"]
 
 #: What the paper reports (``shared/methods.md`` §3; 7B models).
@@ -243,16 +244,16 @@ def fit_probes(X: np.ndarray, y: np.ndarray, ents: Sequence[str], layers: Sequen
     best = int(np.nanargmax(val["pls"]))
     test = heldout_scores(X[best:best + 1], y, rows["train"], rows["test"], n_components, seed=seed, progress=False)
     directions = {}
+    k = min(n_components, len(rows["train"]) - 1)
     for layer in flip_layers:
-        est = NumericSubspace(min(n_components, len(rows["train"]) - 1)).fit(X[list(layers).index(layer)][rows["train"]],
-                                                                            y[rows["train"]])
+        est = NumericSubspace(k).fit(X[list(layers).index(layer)][rows["train"]], y[rows["train"]])
         directions[layer] = {"pattern": est.direction_, "filter": est.filter_direction_}
-    report = {"layers": list(layers), "pls_r2": val.pop("pls"), "baselines": val, "r2_split": "validation",
-              "best_layer": list(layers)[best], "best_r2_val": None, "best_r2": test["pls"][0],
+    report = {"layers": list(layers), "pls_r2": val["pls"], "baselines": {k: v for k, v in val.items() if k != "pls"},
+              "r2_split": "validation",
+              "best_layer": list(layers)[best], "best_r2_val": val["pls"][best], "best_r2": test["pls"][0],
               "test": {"layer": list(layers)[best], "pls_r2": test["pls"][0],
                        **{k: v[0] for k, v in test.items() if k != "pls"},
                        "n_entities": splits.groups["test"], "n_rows": len(rows["test"])}}
-    report["best_r2_val"] = report["pls_r2"][best]
     protocol = protocol_block(splits, choices="probe layer: best validation PLS R²; flip layer: largest validation "
                                               "gap between the PLS (pattern) and random any-α flip rates; α cell: "
                                               "largest gap at that layer; test read once at those choices",
@@ -361,7 +362,8 @@ def _result(model, config: Config, out, report: dict, per_seed: dict, protocol: 
     conclusion = (f"{model.name}, attribute {report['attribute']} ({report['n_entities']} entities kept): on held-out "
                   f"test entities the residual stream at the entity's last token predicts {report['target']} with R² "
                   f"{report['best_r2']:.3f} at layer {report['best_layer']} (chosen on validation; shuffled targets "
-                  f"{report['test']['shuffled']:.3f}; {'meets' if r2_met else 'misses'} the target of {TARGETS['r2']}).")
+                  f"{report['test']['shuffled']:.3f}; {'meets' if r2_met else 'misses'} the target of "
+                  f"{TARGETS['r2']}).")
     if "flip_test" in report:
         conclusion += (f" Adding α·u at the second entity (any α of {len(config.alphas)}) at layer "
                        f"{report['best_flip_layer']} flips {report['flip_rate_pls']:.3f} of the test answers for the "
@@ -640,7 +642,8 @@ def choose_flip(flip: dict, direction: str = "pattern") -> dict:
     Ties go to the earlier layer and the smaller |α|. Made on validation prompts only.
 
     Example:
-        >>> f = {"layers": [3, 7], "alphas": [-1.0, 1.0], "flip_rate_any": {"pattern": [0.2, 0.6], "random": [0.1, 0.1]},
+        >>> f = {"layers": [3, 7], "alphas": [-1.0, 1.0],
+        ...      "flip_rate_any": {"pattern": [0.2, 0.6], "random": [0.1, 0.1]},
         ...      "flip_rate": {"pattern": [[0.1, 0.1], [0.2, 0.5]], "random": [[0.0, 0.1], [0.1, 0.1]]}}
         >>> choose_flip(f)["layer"], choose_flip(f)["alpha"]
         (7, 1.0)
