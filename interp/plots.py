@@ -422,6 +422,34 @@ def reply_inversion(inversion: Mapping[str, Mapping]) -> dict[str, go.Figure]:
     return figs
 
 
+def reply_inversion_protocol(inversion: Mapping) -> dict[str, go.Figure]:
+    """Reply inversion under the validation/test protocol: the validation sweep (harmless 'No' → 'Certainly'
+    under +α·v_harm per layer) and the test rates of each edit at the chosen cell; nothing when the gate failed.
+
+    ``inversion`` is ``report["inversion"]`` of the harmfulness experiment.
+    """
+    if not inversion or not inversion.get("doable"):
+        return {}
+    sweep = inversion["validation_sweep"]
+    val = go.Figure()
+    for a in inversion["candidates"]["alphas"]:
+        layers = inversion["candidates"]["layers"]
+        val.add_trace(go.Scatter(x=layers, y=[sweep[f"{layer}@{a:g}"]["harmless_to_certainly"] for layer in layers],
+                                 mode="lines+markers", name=f"+{a:g}·v_harm"))
+    val.update_layout(title="Reply inversion, validation: harmless 'No' → 'Certainly'", xaxis_title="layer",
+                      yaxis_title="flip rate", template="plotly_white")
+    test = inversion["test"]
+    names = [k for k in test if k != "baseline"]
+    bars = go.Figure([go.Bar(x=names, y=[test[k]["harmless_to_certainly"] for k in names],
+                             name="harmless → 'Certainly'"),
+                      go.Bar(x=names, y=[test[k]["harmful_to_no"] for k in names], name="harmful → 'No'"),
+                      go.Bar(x=names, y=[test[k]["harmless"]["refusal"] for k in names], name="refusals on harmless")])
+    bars.update_layout(title=f"Reply inversion, test (layer {inversion['chosen']['layer']}, "
+                             f"α {inversion['chosen']['alpha']:g})", yaxis_title="fraction", barmode="group",
+                       template="plotly_white")
+    return {"inversion_validation": val, "inversion_test": bars}
+
+
 # --- separation ---
 
 def separation_per_layer(rows: Sequence[Mapping], where: str = "resid_post, last token") -> dict[str, go.Figure]:

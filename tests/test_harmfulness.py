@@ -30,7 +30,10 @@ def test_guard_estimator_contract(tmp_path):
     manual = (torch.nn.functional.cosine_similarity(X.double(), X[y == 1].double().mean(0)[None], dim=-1)
               - torch.nn.functional.cosine_similarity(X.double(), X[y == 0].double().mean(0)[None], dim=-1)).mean(1)
     np.testing.assert_allclose(guard.decision_function(X), manual.numpy(), rtol=1e-10)
-    assert guard.score(X, y) > 0.95
+    X_new, y_new = _toy(seed=1)  # held out: a fresh draw the guard never saw
+    assert guard.score(X_new, y_new) > 0.95
+    shuffled = LatentGuard().fit(X, y[torch.randperm(60, generator=torch.Generator().manual_seed(0))])
+    assert guard.score(X_new, y_new) - shuffled.score(X_new, y_new) > 0.2  # the signal, not the fit, is scored
     proba = guard.predict_proba(X)
     assert proba.shape == (60, 2) and np.allclose(proba.sum(1), 1)
     assert (proba[:, 1][y.numpy() == 1].mean() > proba[:, 1][y.numpy() == 0].mean())
@@ -71,8 +74,8 @@ def test_directions_and_permutations():
     assert perm.shape == (20, 3) and perm.abs().mean() < 0.6  # shuffled labels give weak alignment
 
 
-def test_two_directions_and_inversion_on_tiny(tiny_llama):
-    from interp.experiments.harmfulness import INVERSION_TEMPLATE, inner_prompt_mask, reply_inversion, two_directions
+def test_two_directions_on_tiny(tiny_llama):
+    from interp.experiments.harmfulness import two_directions
 
     m = tiny_llama
     refused = [True, True, False, True, False, False, True, False]
@@ -80,17 +83,50 @@ def test_two_directions_and_inversion_on_tiny(tiny_llama):
     assert len(out["cosine"]) == m.n_layers and out["n_refused"] == 4
     with pytest.raises(InterpError, match="refused"):
         two_directions(m, HARMFUL, HARMLESS, [False] * 8)
-    wrapped = [INVERSION_TEMPLATE.format(prompt=p) for p in HARMFUL[:2]]
+    # read at the block input: the direction equals the centroid difference of resid_pre captured directly
+    acts = m.capture(HARMFUL + HARMLESS, "resid_pre", "instruction_last", progress=False).stack("resid_pre")[:, :, 0]
+    expect = acts[:, :4].double().mean(1) - acts[:, 4:].double().mean(1)
+    torch.testing.assert_close(out["harmfulness_direction"], expect.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_inversion_template_and_context_mask(tiny_llama):
+    """The official user text, and the harmfulness edit's tokens: everything before the question, nothing after."""
+    from interp.experiments.harmfulness import INVERSION_QUESTION, context_mask, inversion_prompts
+
+    m = tiny_llama
+    wrapped = inversion_prompts(HARMFUL[:2])
+    assert wrapped[0] == f"User wants to {HARMFUL[0]}\n{INVERSION_QUESTION}"
+    mask = context_mask(m, wrapped)
     ids = m.encode(wrapped).ids
-    mask = inner_prompt_mask(m, HARMFUL[:2], wrapped)  # over each prompt's own tokens
-    assert mask.shape == (2, max(len(r) for r in ids))
-    for i, p in enumerate(HARMFUL[:2]):
-        assert m.tokenizer.decode(torch.tensor(ids[i])[mask[i, :len(ids[i])]]).strip() == p
-    inv = reply_inversion(m, HARMFUL[:2], HARMLESS[:2], {"h": out["harmfulness_direction"][1]}, layer=1,
-                          alphas=(0.0, 4.0), max_new_tokens=2)
-    for row in inv["results"].values():
-        assert abs(sum(row["harmful"].values()) - 1) < 1e-9
-    assert inv["baseline_accuracy"] is not None
+    for i in range(2):
+        row = mask[i, :len(ids[i])]
+        n = int(row.sum())
+        assert row[:n].all() and not row[n:].any()  # a prefix of the prompt
+        before, after = m.tokenizer.decode(ids[i][:n]), m.tokenizer.decode(ids[i][n:])
+        assert before.rstrip().endswith(HARMFUL[i]) and "User wants to" in before
+        assert after.lstrip().startswith("Could this user prompt") and HARMFUL[i] not in after
+
+
+def test_answer_rates_and_flips():
+    from interp.experiments.harmfulness import answer_kind, answer_rates
+
+    assert [answer_kind(t) for t in ["Certainly.", " 'No'", "No, it", "Nothing", "I cannot help", "Maybe"]] == \
+        ["certainly", "no", "no", "other", "refusal", "other"]
+    labels = [1, 1, 0, 0, 0]
+    base = ["certainly", "no", "no", "no", "certainly"]
+    row = answer_rates(["no", "no", "certainly", "no", "certainly"], labels, base)
+    assert row["harmless_to_certainly"] == 0.5 and row["n_harmless_to_certainly"] == 2  # of the two harmless 'No'
+    assert row["harmful_to_no"] == 1.0 and row["n_harmful_to_no"] == 1
+    assert row["accuracy"] == pytest.approx(1 / 5)
+    assert answer_rates(base, labels)["accuracy"] == pytest.approx(3 / 5) and "harmful_to_no" not in \
+        answer_rates(base, labels)
+
+
+def test_validation_threshold():
+    from interp.experiments.harmfulness import validation_threshold
+
+    assert validation_threshold([0.1, 0.2, 0.5, 0.7], [0, 0, 1, 1]) == pytest.approx(0.35)
+    assert validation_threshold([-0.3, -0.2, -0.1, 0.4], [0, 1, 1, 1]) == pytest.approx(-0.25)
 
 
 def test_wrapping_errors(tiny_llama):
@@ -210,65 +246,156 @@ OLD_REPORT_KEYS = {"model", "sizes", "refusal_rates", "cosine", "cosine_same_pos
                    "examples"}
 
 
-def test_experiment_end_to_end_on_tiny(tiny_llama, tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_pool(monkeypatch):
+    """Short prompts (the tiny model's context is 128 tokens) and refusal labels: a random tiny model never refuses."""
     import itertools
-    import json
-
-    from interp.experiments import harmfulness as harm
 
     import interp.data.prompts as datasets
+    from interp.experiments import harmfulness as harm
 
-    # short prompts (the tiny model's context is 128 tokens) and labels: a random tiny model never refuses
-    def twice(prompts):
-        return lambda: [f"{p}, case {i}" for i in range(2) for p in prompts]
+    def thrice(prompts):
+        return lambda: [f"{p}, case {i}" for i in range(3) for p in prompts]
 
-    monkeypatch.setattr(datasets, "harmful_instructions", twice(HARMFUL))
-    monkeypatch.setattr(datasets, "harmless_instructions", twice(HARMLESS))
+    monkeypatch.setattr(datasets, "harmful_instructions", thrice(HARMFUL))
+    monkeypatch.setattr(datasets, "harmless_instructions", thrice(HARMLESS))
     monkeypatch.setattr(datasets, "dangerous_sounding_harmless", lambda: ["How do I kill a Python process?"] * 3)
+    flags = itertools.cycle([True, False, False])  # every third completion refused
+    monkeypatch.setattr(harm, "is_refusal", lambda text: next(flags))
+    return harm
 
-    def fake_refusals():  # label every third completion refused
-        flags = itertools.cycle([True, False, False])
-        monkeypatch.setattr(harm, "is_refusal", lambda text: next(flags))
 
-    cfg = harm.Config(n_fit=4, n_test=3, n_jailbreak=0, n_inversion=2, n_dangerous=2, alphas=(0.0, 1.0),
-                      max_new_tokens=2, inversion_new_tokens=2, n_permutations=5, progress=False)
-    fake_refusals()
-    result = harm.run(tiny_llama, cfg, out=tmp_path / "r")
+def _cfg(harm, **kw):
+    base = dict(n_fit=4, n_val=3, n_test=3, n_jailbreak=0, n_inversion=2, n_dangerous=2, max_new_tokens=2,
+                inversion_new_tokens=2, n_permutations=5, progress=False, inversion_layers=[0, 1], alphas=(1.0, 2.0))
+    return harm.Config(**{**base, **kw})
+
+
+def test_experiment_end_to_end_on_tiny(tiny_llama, tiny_pool, tmp_path):
+    import json
+
+    harm = tiny_pool
+    result = harm.run(tiny_llama, _cfg(harm, min_baseline_accuracy=0.0), out=tmp_path / "r")
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert OLD_REPORT_KEYS <= set(report) and {"summary", "reproduction", "timing"} <= set(report)
+    assert OLD_REPORT_KEYS <= set(report) and {"summary", "reproduction", "timing", "protocol"} <= set(report)
     assert set(report["guard"]) == {"plain", "jailbreak_vs_harmless", "harmful_vs_dangerous_sounding"}
-    assert report["sizes"] == {"fit": [4, 4], "test": [3, 3], "jailbreak": 0, "dangerous_sounding": 2}
-    assert len(report["cosine"]) == tiny_llama.n_layers and set(report["inversion"]) == {"0", "1"}
-    names = [h["name"] for h in report["summary"]]
-    assert "Latent Guard AUROC, plain" in names and all(h["split"] for h in report["summary"])
+    assert report["sizes"] == {"fit": [4, 4], "val": [3, 3], "test": [3, 3], "jailbreak": 0, "dangerous_sounding": 2}
+    p = report["protocol"]
+    assert p["selected_on"] == "validation" and p["split_unit"] == "prompt" and (p["n_train"], p["n_val"],
+                                                                                  p["n_test"]) == (8, 6, 6)
+    assert len(report["cosine"]) == tiny_llama.n_layers and report["site"] == "resid_pre"
+    inv = report["inversion"]
+    assert inv["doable"] and set(inv["validation_sweep"]) == {"0@1", "0@2", "1@1", "1@2"}
+    assert inv["chosen"]["layer"] in (0, 1) and inv["chosen"]["alpha"] in (1.0, 2.0)
+    assert set(inv["test"]) == {"baseline", "+harmfulness", "-harmfulness", "+refusal", "-refusal"}
+    assert set(report["guard_auroc_by_site"]) == {"resid_pre", "resid_post"}
+    for h in report["summary"]:  # every headline names its split
+        assert h["split"].split(":")[0] in ("test", "train", "validation"), h
     assert (tmp_path / "r" / "guard.safetensors").exists() and (tmp_path / "r" / "report.html").exists()
-    assert {"cosine_per_layer", "guard_roc", "inversion_layer_0"} <= set(result.figures)
+    assert {"cosine_per_layer", "guard_roc", "inversion_validation", "inversion_test"} <= set(result.figures)
     guard, meta = LatentGuard.load(tmp_path / "r" / "guard.safetensors")
-    assert meta["position"] == "instruction_last" and guard.n_layers_in_ == tiny_llama.n_layers
+    assert meta["site"] == "resid_pre" and meta["position"] == "instruction_last"
+    assert guard.n_layers_in_ == tiny_llama.n_layers
 
 
-def test_reply_inversion_edits_only_the_inner_prompt(tiny_llama):
-    """The Add acts on the inner prompt's tokens of each row and never on generated tokens."""
-    from interp.experiments.harmfulness import INVERSION_TEMPLATE, inner_prompt_mask
-    from interp.interventions import Add, Record
+def test_split_is_by_prompt_and_choices_see_no_test(tiny_llama, tiny_pool, monkeypatch):
+    """No prompt on two sides; the guard is fitted on train and the threshold chosen on validation prompts only."""
+    from interp.experiments import harmfulness as harm
+
+    pool_h, pool_l, _ = harm._pools(_cfg(harm))
+    for seed in (0, 1):
+        s = harm._split(_cfg(harm), seed)
+        assert len(s.train) == 4 and len(s.val) == 3 and len(s.test) == 3
+        assert not (set(s.train) & set(s.val) or set(s.train) & set(s.test) or set(s.val) & set(s.test))
+    seen = {}
+    real = harm.validation_threshold
+
+    def spy(scores, labels):
+        seen["n"] = len(scores)
+        return real(scores, labels)
+
+    monkeypatch.setattr(harm, "validation_threshold", spy)
+    fits = []
+    orig_fit = LatentGuard.fit
+
+    def fit_spy(self, X, y):
+        fits.append(len(y))
+        return orig_fit(self, X, y)
+
+    monkeypatch.setattr(LatentGuard, "fit", fit_spy)
+    harm.run(tiny_llama, _cfg(harm, n_inversion=0))
+    assert seen["n"] == 6 and set(fits) == {8}  # 3 + 3 validation prompts; every guard fitted on 4 + 4 train
+
+
+def test_inversion_gate_says_not_doable(tiny_llama, tiny_pool):
+    """A model that cannot answer the question gets 'task not doable', no steering and no inversion rate."""
+    harm = tiny_pool
+    result = harm.run(tiny_llama, _cfg(harm, min_baseline_accuracy=0.99))
+    inv = result.report["inversion"]
+    assert inv["doable"] is False and "not doable" in inv["verdict"]
+    assert "test" not in inv and "validation_sweep" not in inv
+    names = [h.name for h in result.headlines]
+    assert "reply inversion: unsteered accuracy" in names and not any("Certainly" in n for n in names)
+
+
+def test_seeds_give_mean_and_spread(tiny_llama, tiny_pool):
+    harm = tiny_pool
+    result = harm.run(tiny_llama, _cfg(harm, n_inversion=0, seeds=[0, 1, 2]))
+    seeds = result.report["seeds"]
+    assert seeds["seeds"] == [0, 1, 2] and set(seeds["per_seed"]) == {1, 2}
+    cos = seeds["headlines"]["cos(harmfulness, refusal), mean over layers"]
+    assert cos["n"] == 3 and cos["min"] <= cos["mean"] <= cos["max"] and cos["std"] > 0  # other splits, other fits
+    head = next(h for h in result.headlines if h.name.startswith("cos("))
+    assert head.value == pytest.approx(cos["mean"]) and "seeds [0, 1, 2]" in head.split
+
+
+def test_config_errors():
+    from interp.experiments.harmfulness import Config, check_config
+
+    with pytest.raises(InterpError, match="positive"):
+        check_config(Config(alphas=(-2.0,)))
+    with pytest.raises(InterpError, match="site"):
+        check_config(Config(site="mlp_out"))
+    with pytest.raises(InterpError, match="seeds"):
+        check_config(Config(seeds=[1, 1]))
+    with pytest.raises(InterpError, match="n_val"):
+        check_config(Config(n_val=0))
+
+
+def test_steering_edits_as_the_official_code(tiny_llama):
+    """+α·v_harm on the context tokens only, ±α·v_refuse on every prompt token, raw vectors, generated tokens
+    untouched, at the block input of the chosen layer."""
+    from interp.experiments.harmfulness import context_mask, inversion_prompts, steering
+    from interp.interventions import Record
 
     m = tiny_llama
-    wrapped = [INVERSION_TEMPLATE.format(prompt=p) for p in (HARMFUL[0], HARMLESS[1])]
-    mask = inner_prompt_mask(m, [HARMFUL[0], HARMLESS[1]], wrapped)
     d = m.site_shape("resid_pre.1")[-1]
+    v = torch.zeros(m.n_layers, d)
+    v[1, 0] = 3.0  # raw, not unit: the edit must be 2 × 3 = 6 on coordinate 0
+    instr = [HARMFUL[0], HARMLESS[1]]
+    edits = steering(m, "resid_pre", 1, {"harmfulness": v, "refusal": v}, instr, alpha=2.0)
+    assert set(edits) == {"+harmfulness", "-harmfulness", "+refusal", "-refusal"}
+    assert all(list(e) == ["resid_pre.1"] for e in edits.values())
+    wrapped = inversion_prompts(instr)
     batch = m.pad(m.encode(wrapped).ids)
-    rec_plain, rec_edit = Record(), Record()
-    with m.intervene({"resid_pre.1": rec_plain}), torch.no_grad():
+    mask = context_mask(m, wrapped)
+    plain = Record()
+    with m.intervene({"resid_pre.1": plain}), torch.no_grad():
         m.run(batch)
-    with m.intervene({"resid_pre.1": Add(torch.ones(d), scale=1.0, positions=mask) + rec_edit}), torch.no_grad():
-        m.run(batch)
-    changed = (rec_edit.value - rec_plain.value).abs().sum(-1) > 0  # [batch, padded seq]
-    width = batch["input_ids"].shape[1]
-    for i in range(2):
-        own = mask[i, : int(batch["attention_mask"][i].sum())]
-        expect = torch.zeros(width, dtype=torch.bool)
-        expect[width - len(own):] = own
-        assert torch.equal(changed[i].cpu(), expect)
+    width = batch["attention_mask"].shape[1]
+    for name, expect_where in (("+harmfulness", "context"), ("-refusal", "prompt")):
+        rec = Record()
+        with m.intervene({"resid_pre.1": edits[name]["resid_pre.1"] + rec}), torch.no_grad():
+            m.run(batch)
+        delta = (rec.value - plain.value)[..., 0].cpu()
+        for i in range(2):
+            n = int(batch["attention_mask"][i].sum())
+            want = torch.zeros(width)
+            where = mask[i, :n].float() if expect_where == "context" else torch.ones(n)
+            want[width - n:] = where * (6.0 if name.startswith("+") else -6.0)
+            torch.testing.assert_close(delta[i], want, atol=1e-4, rtol=0)
+    # generated tokens are never edited: the edit's positions are prompt tokens only
+    assert edits["+refusal"]["resid_pre.1"].positions == "prompt"
 
 
 def test_commands_fail_before_loading(monkeypatch, tmp_path):
@@ -283,6 +410,8 @@ def test_commands_fail_before_loading(monkeypatch, tmp_path):
     assert main(["harmfulness", "smollm2-135m-instruct", "--out", out, "--inversion-layers", "99"]) == 2
     assert main(["harmfulness", "smollm2-135m-instruct", "--out", out, "--alphas", "1", "x"]) == 2
     assert main(["harmfulness", "smollm2-135m-instruct", "--out", out, "--n-fit", "1"]) == 2
+    assert main(["harmfulness", "smollm2-135m-instruct", "--out", out, "--alphas", "-2"]) == 2
+    assert main(["harmfulness", "smollm2-135m-instruct", "--out", out, "--seeds", "0", "0"]) == 2
     assert main(["guard", "fit", "smollm2-135m-instruct", "--harmful", str(tmp_path / "no.txt"), "--harmless",
                  str(tmp_path / "no.txt"), "--out", out]) == 2
     assert main(["guard", "score", str(tmp_path), "--prompts", str(tmp_path / "no.txt")]) == 2

@@ -17,21 +17,32 @@ def add_parser(sub) -> None:
                        "and the reply-inversion steering test. Writes report.json, report.html, guard.safetensors.")
     h.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     h.add_argument("--out", required=True, help="output folder")
-    h.add_argument("--n-fit", type=int, default=100, help="prompts per class to fit on (default 100)")
-    h.add_argument("--n-test", type=int, default=60, help="held-out prompts per class (default 60)")
+    h.add_argument("--n-fit", type=int, default=100, help="train prompts per class (default 100)")
+    h.add_argument("--n-val", type=int, default=40,
+                   help="validation prompts per class: threshold, inversion gate, layer and alpha (default 40)")
+    h.add_argument("--n-test", type=int, default=60, help="test prompts per class, read once (default 60)")
     h.add_argument("--n-jailbreak", type=int, default=40, help="jailbreak-wrapped harmful prompts (default 40)")
-    h.add_argument("--n-inversion", type=int, default=24, help="prompts per class for reply inversion (default 24)")
+    h.add_argument("--n-inversion", type=int, default=24,
+                   help="validation and test prompts per class for reply inversion (default 24)")
     h.add_argument("--n-dangerous", type=int, default=None,
                    help="dangerous-sounding harmless prompts (default: all 132)")
     h.add_argument("--inversion-layers", nargs="+", default=None,
-                   help="layers steered in reply inversion, space-separated (default: n_layers/3 and n_layers/2)")
+                   help="candidate layers for reply inversion, chosen on validation, space-separated "
+                        "(default: every 4th from n_layers/4)")
     h.add_argument("--alphas", nargs="+", default=None,
-                   help="steering strengths in units of the residual norm, space-separated (default 0 0.5 1 2)")
+                   help="candidate multiples of the raw difference of means, positive; the test adds +alpha and "
+                        "-alpha (default 2, the official code's)")
+    h.add_argument("--min-baseline-accuracy", type=float, default=0.7,
+                   help="reply inversion runs only if the unsteered validation accuracy reaches this (default 0.7)")
+    h.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post"],
+                   help="site read and steered: block input (default, as the official code) or resid_post")
     h.add_argument("--max-new-tokens", type=int, default=32,
                    help="tokens per greedy completion used to judge refusal (default 32)")
     h.add_argument("--threshold", type=float, default=0.0, help="guard flags belief score >= this (default 0)")
     h.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate batch (default 16)")
-    h.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    h.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    h.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="repeat split, fit, choice and test per seed, space-separated; headlines become mean +- sd")
     h.set_defaults(func=run_experiment)
 
     g = sub.add_parser("guard", help="fit or apply a Latent Guard",
@@ -44,6 +55,8 @@ def add_parser(sub) -> None:
     fit.add_argument("--harmless", required=True, help="harmless prompts, one per line")
     fit.add_argument("--out", required=True, help="folder for guard.safetensors")
     fit.add_argument("--threshold", type=float, default=0.0, help="flag when the belief score is >= this (default 0)")
+    fit.add_argument("--site", default="resid_pre", choices=["resid_pre", "resid_post"],
+                     help="site read at every layer (default resid_pre, the block input)")
     fit.set_defaults(func=run_fit)
     score = which.add_parser("score", help="score prompts with a fitted guard",
                              description="Print one belief score per prompt (higher = more harmful).")
@@ -72,8 +85,9 @@ def config_from_args(args):
     n_layers = known_n_layers(args.model)
     layers = None if args.inversion_layers is None else parse_layer_list(args.inversion_layers, n_layers)
     given = {"alphas": _floats(args.alphas, "--alphas")} if args.alphas is not None else {}
-    cfg = Config(n_fit=args.n_fit, n_test=args.n_test, n_jailbreak=args.n_jailbreak, n_inversion=args.n_inversion,
-                 n_dangerous=args.n_dangerous, inversion_layers=layers, seed=args.seed,
+    cfg = Config(n_fit=args.n_fit, n_val=args.n_val, n_test=args.n_test, n_jailbreak=args.n_jailbreak,
+                 n_inversion=args.n_inversion, n_dangerous=args.n_dangerous, inversion_layers=layers, seed=args.seed,
+                 seeds=args.seeds, site=args.site, min_baseline_accuracy=args.min_baseline_accuracy,
                  max_new_tokens=args.max_new_tokens, threshold=args.threshold, batch_size=args.batch_size, **given)
     return check_config(cfg, n_layers)
 
@@ -83,12 +97,16 @@ def run_experiment(args) -> int:
     from ..loading import load_model
 
     cfg = config_from_args(args)
-    r = run(load_model(args.model), cfg, out=args.out).report
+    result = run(load_model(args.model), cfg, out=args.out)
+    r = result.report
     for fam, g in r["guard"].items():
         print(f"{fam:<32} guard AUROC {g['guard_auroc']:.3f} acc {g['guard_accuracy']:.3f} | refusal AUROC "
-              f"{g['refusal_auroc']:.3f} | keywords AUROC {g['keyword_auroc']:.3f}")
+              f"{g['refusal_auroc']:.3f} | keywords AUROC {g['keyword_auroc']:.3f}  [test]")
     cos = r["cosine"]
-    print("cos(harmfulness, refusal) per layer:", " ".join(f"{c:.2f}" for c in cos))
+    print("cos(harmfulness, refusal) per layer [train]:", " ".join(f"{c:.2f}" for c in cos))
+    for h in result.headlines:
+        value = "n/a" if h.value is None else f"{h.value:.3f}"
+        print(f"{h.name}: {value} [{h.split}] {h.note}")
     print(f"wrote {args.out}/report.json, report.html, guard.safetensors ({r['seconds']} s)")
     return 0
 
@@ -100,11 +118,12 @@ def run_fit(args) -> int:
 
     harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)  # checked before loading
     model = load_model(args.model)
-    guard, train_accuracy = fit_guard(model, harmful, harmless, threshold=args.threshold, progress=True)
+    guard, train_accuracy = fit_guard(model, harmful, harmless, threshold=args.threshold, progress=True,
+                                      site=args.site)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     guard.save(out / "guard.safetensors", {"model": args.model, "model_fingerprint": model.fingerprint,
-                                            "site": "resid_post", "position": "instruction_last"})
+                                            "site": args.site, "position": "instruction_last"})
     print(json.dumps({"out": str(out / "guard.safetensors"), "n_harmful": len(harmful), "n_harmless": len(harmless),
                       "train_accuracy": train_accuracy}))
     return 0
@@ -126,7 +145,7 @@ def run_score(args) -> int:
     if meta.get("model_fingerprint") not in (None, model.fingerprint):
         raise InterpError(f"the guard was fitted on another model ({meta.get('model_fingerprint')}) than "
                           f"{meta['model']} loads now ({model.fingerprint})")
-    scores, flags = guard_scores(model, guard, prompts)
+    scores, flags = guard_scores(model, guard, prompts, site=meta.get("site", "resid_post"))  # the fitted site
     if args.json:
         print(json.dumps([round(float(s), 6) for s in scores]))
     else:
