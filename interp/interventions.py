@@ -463,9 +463,10 @@ def everywhere(model, direction: torch.Tensor, positions: PositionLimit = "all")
 class ProjectionPatch(Patch):
     """Patch along a vector as given: w ← w + (pᵀ(u − w)) p, u the source activation.
 
-    Unlike ``SubspacePatch``, ``p`` is neither normalized nor detached: the illusion checks patch
-    along a direction's rowspace and nullspace parts at their own lengths, and DAS trains ``p``
-    through the patched forward. Only the selected rows are computed, one [rows, d] product.
+    Unlike ``SubspacePatch``, ``p`` is neither normalized nor detached: DAS trains ``p`` through the
+    patched forward (it passes p/|p|). For a non-unit ``p`` this is NOT the paper's patch along
+    span(p) (which divides by |p|²); the illusion checks pass unit vectors and use raw parts only to
+    measure the earlier, shortened patch. Only the selected rows are computed, one [rows, d] product.
 
     Example:
         >>> x, u = torch.zeros(1, 2, 2), torch.ones(1, 2, 2)

@@ -248,9 +248,12 @@ def illusion_fractions(subspaces: Mapping) -> go.Figure:
     """Grouped bars: fraction of effect of the full component, the DAS direction and its two parts, per site."""
     fig = go.Figure()
     for r in subspaces.values():
-        f = r["fraction_of_effect"]
+        f = dict(r["fraction_of_effect"])
+        if r.get("random_effect"):
+            f["random (mean)"] = sum(r["random_effect"]) / len(r["random_effect"])
         fig.add_trace(go.Bar(name=r["site"], x=list(f), y=list(f.values())))
-    fig.update_layout(title="fraction of effect: full component, DAS direction, its rowspace and nullspace parts",
+    fig.update_layout(title="fraction of effect on test pairs (0 = corrupted, 1 = clean): full component, DAS "
+                            "direction, its rowspace and nullspace parts (each along its unit vector), random",
                       barmode="group", template="plotly_white")
     return fig
 

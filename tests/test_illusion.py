@@ -27,6 +27,39 @@ def test_faithful_unit_passes():
     assert report.fraction_of_effect["rowspace"] == pytest.approx(1.0)
 
 
+def test_parts_are_patched_along_unit_vectors():
+    """v = (2·h1 + h3)/√5: a faithful unit plus a disconnected one. The paper patches v's rowspace part along its
+    unit vector (h3), which keeps all of the effect; the raw part (h3/√5) moves the activation by 1/5 of that patch,
+    which made the earlier checks call the direction illusory."""
+    toy = ToyIllusion()
+    given = []
+
+    def effect(p):
+        given.append(None if p is None else p.clone())
+        return toy.patch_effect(p)
+
+    v = torch.tensor([2.0, 0.0, 1.0]) / 5 ** 0.5
+    xs = toy.hidden(torch.randn(100, generator=torch.Generator().manual_seed(0), dtype=torch.float64))
+    report = illusion_checks(effect, v, toy.w_out, xs)
+    assert report.fraction_of_effect["das"] == pytest.approx(0.6)
+    assert report.fraction_of_effect["rowspace"] == pytest.approx(1.0)  # along h3: the faithful unit's patch
+    assert report.unnormalized["rowspace"] == pytest.approx(0.2)  # |v_row|² = 1/5 of it
+    assert report.verdict.startswith("faithful") and report.unnormalized["verdict"].startswith("illusory")
+    norms = sorted(float(p.norm()) for p in given if p is not None)
+    # v and both unit parts (norm 1); the raw parts for the comparison (|v_row| = 1/√5, |v_null| = 2/√5)
+    assert norms == pytest.approx([1 / 5 ** 0.5, 2 / 5 ** 0.5, 1.0, 1.0, 1.0])
+    assert report.fldd is None  # the toy's effect gives no FLDD
+
+
+def test_fldd_is_passed_through_on_its_own_scale():
+    toy = ToyIllusion()
+    xs = toy.hidden(torch.randn(50, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    report = illusion_checks(lambda p: (toy.patch_effect(p), 200 * toy.patch_effect(p)), torch.tensor([0.0, 0, 1]),
+                             toy.w_out, xs)
+    assert report.fldd == {"full": 200.0, "das": 200.0, "rowspace": 200.0, "nullspace": 0.0}
+    assert report.fraction_of_effect["das"] == 1.0
+
+
 def test_split_by_reader():
     reader = torch.randn(3, 7)
     v = torch.randn(7)
@@ -52,7 +85,7 @@ def test_cli_toy_json(capsys):
     assert main(["illusion", "--toy", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["fraction_of_effect"]) == {"full", "das", "rowspace", "nullspace"}
-    assert out["verdict"].startswith("illusory")
+    assert out["verdict"].startswith("illusory") and out["unnormalized"]["verdict"].startswith("illusory")
 
 
 # --- scikit-learn contract of IllusionSplit -------------------------------------------------------------------

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from interp import InterpError
-from interp.experiments.patching import (Config, PatchTask, check_subspace, direction_effect, learn_das,
+from interp.experiments.patching import (Config, PatchTask, Pairs, check_subspace, direction_effect, learn_das,
                                          mean_difference_direction, patching_sweep, run)
 
 
@@ -40,9 +40,24 @@ def test_das_full_space_and_checks(setup):
     random_v /= random_v.norm()
     assert direction_effect(m, task, site, v) > direction_effect(m, task, site, random_v)
     report = check_subspace(m, task, site, v)
-    assert set(report.fraction_of_effect) == {"full", "das", "rowspace", "nullspace"}
-    assert abs(report.fraction_of_effect["nullspace"]) < 1e-4  # the down projection cannot see it
-    assert report.verdict.split(":")[0] in ("faithful", "illusory")
+    f = report.fraction_of_effect
+    assert set(f) == {"full", "das", "rowspace", "nullspace"}
+    assert abs(f["nullspace"]) < 1e-4  # the down projection cannot see it
+    # the verdict follows from the numbers: faithful exactly when the rowspace part keeps half of v's effect
+    assert report.verdict.startswith("faithful" if f["rowspace"] / f["das"] >= 0.5 else "illusory")
+    # each part is patched along its UNIT vector (the paper's patch), the raw part only for the comparison
+    from interp.analyzers.illusion import split_by_reader
+    from interp.experiments.patching import reader_matrix
+
+    row, _ = split_by_reader(v, reader_matrix(m, site))
+    assert 0.05 < row.norm() < 0.999  # a part shorter than v, so unit and raw patches differ
+    assert f["rowspace"] == pytest.approx(direction_effect(m, task, site, (row / row.norm()).float()), abs=1e-5)
+    assert report.unnormalized["rowspace"] == pytest.approx(direction_effect(m, task, site, row.float()), abs=1e-5)
+    assert abs(f["rowspace"] - report.unnormalized["rowspace"]) > 1e-3
+    # the paper's FLDD on its own scale: 100·(1 − patched LD / base LD), base = the corrupted prompt's own answer
+    pairs = Pairs(m, task)
+    assert report.fldd["das"] == pytest.approx(100 * f["das"] * pairs.gap / -pairs.m_corr.mean().item(), rel=1e-4)
+    assert report.fldd["full"] == pytest.approx(100 * f["full"] * pairs.gap / -pairs.m_corr.mean().item(), rel=1e-4)
     md = mean_difference_direction(m, task, site)
     assert abs(md.norm().item() - 1) < 1e-5
 
@@ -86,11 +101,15 @@ def test_query_reader_sees_only_those_heads(setup):
     assert answers.shape == (len(torch.unique(task.answers)), m.d_model)
 
 
+def _bigger(task, k=2):
+    return PatchTask(task.clean * k, task.corrupted * k, torch.cat([task.answers] * k))
+
+
 def test_run_patching_report(setup, tmp_path):
     import json
 
     m, task = setup
-    bigger = PatchTask(task.clean * 2, task.corrupted * 2, torch.cat([task.answers, task.answers]))
+    bigger = _bigger(task)
     result = run(m, Config(positions=(-1,), das_steps=3, progress=False), tmp_path, task=bigger)
     r = result.report
     saved = json.loads((tmp_path / "report.json").read_text())
@@ -102,7 +121,14 @@ def test_run_patching_report(setup, tmp_path):
         assert key in saved
     names = [h["name"] for h in saved["summary"]]
     assert any("DAS direction, fraction of effect" in n for n in names)
-    assert all(h["split"].startswith(("held-out", "training")) for h in saved["summary"])
+    assert all(h["split"].startswith(("test pairs", "training")) for h in saved["summary"])
+    # the paper's FLDD sits in its own headlines beside the paper's numbers; the 0→1 effect has no paper column
+    fldd = [h for h in saved["summary"] if h["name"].endswith("FLDD (%)")]
+    assert fldd and all(h["paper"] is not None or "nullspace" in h["name"] for h in fldd)
+    assert all(h["paper"] is None for h in saved["summary"] if h["name"].endswith("fraction of effect"))
+    p = saved["protocol"]
+    assert p["selected_on"] == "validation" and p["split_unit"] == "pair" and p["n_train"] + p["n_val"] + p["n_test"] == 4
+    assert saved["sweep"]["split"].startswith("validation") and saved["chosen"]["on"] == "validation"
     assert {"patching resid_pre", "patching attn_out", "patching mlp_out", "fraction of effect"} <= set(result.figures)
     with pytest.raises(InterpError, match="at least 4"):
         run(m, Config(progress=False), task=task)
@@ -114,7 +140,9 @@ def test_config_is_checked_before_any_model_work():
     for bad, msg in ((Config(pairs=2), "at least 4"), (Config(positions=(1,)), "negative"),
                      (Config(sites=("mlp_out",)), "resid_pre and attn_out"), (Config(sites=("resid", "attn_out")),
                                                                                "unknown sweep site"),
-                     (Config(readout="keys"), "unknown read-out"), (Config(readout="q.3"), "should look like")):
+                     (Config(readout="keys"), "unknown read-out"), (Config(readout="q.3"), "should look like"),
+                     (Config(split_by="token"), "split_by"), (Config(fractions=(0.5, 0.5, 0.0)), "fractions"),
+                     (Config(seeds=(1, 1)), "distinct")):
         with pytest.raises(InterpError, match=msg):
             check_config(bad)
     with pytest.raises(InterpError, match="layers are 0..1"):
@@ -131,7 +159,8 @@ def test_cli_validates_before_loading(monkeypatch, capsys):
         raise AssertionError("the model was loaded before the arguments were checked")
 
     monkeypatch.setattr(interp.loading, "load_model", no_load)
-    for argv in (["--positions", "0"], ["--sites", "resid_pre", "bogus"], ["--readout", "q.x:1"], ["--pairs", "3"]):
+    for argv in (["--positions", "0"], ["--sites", "resid_pre", "bogus"], ["--readout", "q.x:1"], ["--pairs", "3"],
+                 ["--seeds", "1", "1"]):
         assert main(["patch", "tiny-model", "--out", "/tmp/unused"] + argv) != 0
         assert "error" in capsys.readouterr().err.lower()
 
@@ -157,7 +186,7 @@ def test_probe_prints_the_headlines(setup, monkeypatch, capsys):
     from interp.experiments import patching
 
     m, task = setup
-    bigger = PatchTask(task.clean * 2, task.corrupted * 2, torch.cat([task.answers, task.answers]))
+    bigger = _bigger(task)
     real_run = patching.run
     monkeypatch.setattr(interp.loading, "load_model", lambda name: m)
     monkeypatch.setattr(patching, "run", lambda model, config, out=None: real_run(model, config, out, task=bigger))
@@ -167,4 +196,82 @@ def test_probe_prints_the_headlines(setup, monkeypatch, capsys):
     spec.loader.exec_module(probe)
     assert probe.main(["tiny", "--positions", "-1", "--das-steps", "2"]) == 0
     out = capsys.readouterr().out
-    assert "mlp_act." in out and "resid_pre." in out and "paper (GPT-2 small)" in out
+    assert "mlp_act." in out and "resid_pre." in out and "paper (GPT-2 small)" in out and "FLDD" in out
+
+
+def test_each_split_is_used_for_its_stage_only(setup, monkeypatch):
+    """The sweep sees validation pairs only, DAS training pairs only, the checks and controls test pairs only."""
+    from interp.experiments import _patching, patching
+
+    m, task = setup
+    clean = [f"{c} {w}" for c in task.clean for w in ("now", "then", "here", "there")]  # 8 distinct pairs
+    corrupted = [f"{c} {w}" for c in task.corrupted for w in ("now", "then", "here", "there")]
+    ids = {w: m.tokenizer.encode(w, add_special_tokens=False)[0] for w in ("a", "e", "o", "t")}
+    big = PatchTask(clean, corrupted, torch.tensor([[ids["a"], ids["e"]]] * 4 + [[ids["o"], ids["t"]]] * 4))
+    seen = {"sweep": set(), "das": set(), "check": set(), "effect": set()}
+    real = {"sweep": patching.sweep_pairs, "das": patching.learn_das, "check": patching.check_subspace,
+            "effect": patching.direction_effect}
+
+    def spy(stage):
+        def f(model_or_pairs, *a, **k):
+            pairs = model_or_pairs if stage == "sweep" else a[0]
+            seen[stage].update(pairs.task.clean)
+            return real[stage](model_or_pairs, *a, **k)
+        return f
+
+    for stage, name in (("sweep", "sweep_pairs"), ("das", "learn_das"), ("check", "check_subspace"),
+                        ("effect", "direction_effect")):
+        monkeypatch.setattr(patching, name, spy(stage))
+    r = run(m, Config(positions=(-1,), das_steps=1, random_directions=2, progress=False), task=big).report
+    p = r["protocol"]
+    assert (p["n_train"], p["n_val"], p["n_test"]) == (4, 2, 2)
+    assert len(seen["sweep"]) == 2 and len(seen["das"]) == 4 and len(seen["check"]) == 2
+    assert not seen["sweep"] & seen["das"] and not seen["sweep"] & seen["check"] and not seen["das"] & seen["check"]
+    assert seen["effect"] == seen["das"] | seen["check"]  # DAS's training effect, then test-only controls
+    assert len(r["subspaces"]["mlp"]["random_effect"]) == 2
+    assert _patching is not None
+
+
+def test_seeds_report_mean_and_spread(setup):
+    import statistics
+
+    m, task = setup
+    result = run(m, Config(positions=(-1,), das_steps=2, seeds=(0, 1), progress=False), task=_bigger(task, 3))
+    name = next(h.name for h in result.headlines if h.name.endswith("DAS direction, fraction of effect"))
+    per_seed = result["seeds"]["headlines"][name]["per_seed"]
+    assert set(per_seed) == {0, 1} and per_seed[0] != per_seed[1]  # each seed: another split and DAS start
+    h = next(h for h in result.headlines if h.name == name)
+    assert h.value == pytest.approx(statistics.mean(per_seed.values()))
+    assert f"{statistics.stdev(per_seed.values()):.3f}" in h.note and "mean over seeds [0, 1]" in h.split
+    assert result.protocol["seeds"] == [0, 1]
+
+
+class _WordTokenizer:
+    """One token per space-separated word: enough for ioi_splits without a model."""
+
+    def __init__(self):
+        self.vocab = {}
+
+    def encode(self, text, add_special_tokens=False):
+        return [self.vocab.setdefault(w, len(self.vocab)) for w in text.split()]
+
+
+def test_ioi_splits_keep_templates_and_names_apart():
+    from types import SimpleNamespace
+
+    from interp.data.ioi import ioi_splits
+
+    model = SimpleNamespace(tokenizer=_WordTokenizer())
+    tasks, info = ioi_splits(model, n=40, seed=3)
+    assert [len(tasks[s].clean) for s in ("train", "val", "test")] == [20, 10, 10]
+    for key in ("templates", "names"):
+        parts = [set(info[key][s]) for s in ("train", "val", "test")]
+        assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    for s in ("train", "val", "test"):
+        words = {w.strip(",.") for c in tasks[s].clean for w in c.split()}
+        others = set().union(*(info["names"][o] for o in ("train", "val", "test") if o != s))
+        assert not words & others  # no name of another split appears in this split's prompts
+    assert info["splits"].unit == "template and name" and len(info["splits"].test) == 10
+    again, _ = ioi_splits(model, n=40, seed=3)
+    assert again["test"].clean == tasks["test"].clean  # the split is a function of the seed
+    assert ioi_splits(model, n=40, seed=4)[0]["test"].clean != tasks["test"].clean

@@ -7,8 +7,9 @@ downstream) fed by a *disconnected* one (varies with the input, read by
 nothing). Given the matrix that reads the site (the MLP down projection for
 an MLP-hidden site, or a read-out the user names for a residual site), the
 checks split v into its rowspace part (what the reader can see) and its
-nullspace part, re-patch along each alone, measure how much each varies on
-real inputs, and compare with patching the whole component.
+nullspace part, re-patch along each part's unit vector alone (as the paper
+and its official code do), measure how much each varies on real inputs, and
+compare with patching the whole component.
 
 - ``IllusionSplit``: the model-free half as a scikit-learn transformer: fit on
   real-input activations, it splits the direction against the reader and
@@ -85,7 +86,7 @@ class IllusionSplit(TransformerMixin, BaseEstimator):
         rtol: singular values of the reader below ``rtol`` × the largest count as zero.
 
     Fitted: ``direction_`` (unit, [d]), ``rowspace_`` and ``nullspace_`` (the
-    raw parts, not renormalized, summing to ``direction_``), ``norms_``
+    raw parts, summing to ``direction_``; the checks patch along their unit vectors), ``norms_``
     ({"rowspace", "nullspace"}), ``variation_`` (std over ``X`` of the
     projection on the unit direction and on each part's unit vector:
     {"direction", "rowspace", "nullspace"}; a part that barely varies is
@@ -161,29 +162,61 @@ class IllusionSplit(TransformerMixin, BaseEstimator):
 
 @dataclass
 class IllusionReport:
-    """What the checks found for one subspace patch."""
+    """What the checks found for one subspace patch.
+
+    ``fraction_of_effect`` is interp's normalized effect (0 = base run, 1 =
+    source run); ``fldd`` the paper's fractional logit-difference decrease in
+    percent (its own scale: 100 = the base's logit difference erased, above
+    100 = flipped), when the effect callable gives it. Rowspace and nullspace
+    parts are patched along their unit vectors, as the paper and its code do;
+    ``unnormalized`` keeps the older patch along the raw parts (which moves
+    the activation by |part|² of the paper's patch) for comparison.
+    """
 
     fraction_of_effect: dict  # {"full", "das" (the direction itself), "rowspace", "nullspace"}
     variation: dict  # std of the projection on real inputs: {"direction", "rowspace", "nullspace"}
     norms: dict  # |v_row|, |v_null|
     verdict: str
+    fldd: dict | None = None  # the paper's FLDD (%) of the same four patches, when measured
+    unnormalized: dict | None = None  # raw-part patches: {"rowspace", "nullspace", "verdict"}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def illusion_checks(effect: Callable[[torch.Tensor | None], float], v: torch.Tensor, reader: torch.Tensor,
+def _measure(effect: Callable, p: torch.Tensor | None) -> tuple[float, float | None]:
+    out = effect(p)
+    return (float(out[0]), None if out[1] is None else float(out[1])) if isinstance(out, tuple) else (float(out), None)
+
+
+def _verdict(frac: dict, variation: dict, faithful_share: float) -> str:
+    share = frac["rowspace"] / frac["das"] if abs(frac["das"]) > 1e-9 else float("nan")
+    numbers = (f"direction {frac['das']:.3f} of the effect, rowspace part alone {frac['rowspace']:.3f}, nullspace "
+               f"part alone {frac['nullspace']:.3f}, full component {frac['full']:.3f}; projection std on real "
+               f"inputs: rowspace {variation['rowspace']:.3g}, nullspace {variation['nullspace']:.3g}")
+    if share == share and share >= faithful_share:
+        return f"faithful: the part the reader sees keeps {share:.0%} of the effect ({numbers})"
+    why = ("most of its variation lies in the nullspace (disconnected) while the rowspace part barely varies "
+           "(dormant)" if variation["nullspace"] > variation["rowspace"] else
+           "the rowspace part alone does not reproduce the effect")
+    return f"illusory: {why} ({numbers})"
+
+
+def illusion_checks(effect: Callable[[torch.Tensor | None], float | tuple], v: torch.Tensor, reader: torch.Tensor,
                     activations: torch.Tensor, faithful_share: float = 0.5) -> IllusionReport:
     """Run the checks for direction ``v``.
 
     ``effect(p)`` returns the patching effect (e.g. the fraction of the
     clean-vs-corrupted metric gap recovered) of the patch w' = w + p pᵀ(u − w)
-    along a vector ``p`` (the unit direction v, or its rowspace or nullspace
-    part as they are, not renormalized, as in the paper), or of the
-    full-component patch when given None.
-    ``activations`` [n, d] are real-input activations at the site, for the
-    variation check. The subspace looks faithful when the rowspace part alone
-    keeps at least ``faithful_share`` of the direction's effect.
+    along a vector ``p``, or of the full-component patch when given None; it
+    may return ``(effect, fldd)`` to add the paper's metric. ``p`` is the unit
+    direction v, or the unit vector of its rowspace or nullspace part
+    (v_row/|v_row|, v_null/|v_null|: the paper's patch, and its code's, which
+    divides by |p|²); the raw parts are patched too, for the ``unnormalized``
+    comparison only. ``activations`` [n, d] are real-input activations at the
+    site, for the variation check. The subspace looks faithful when the
+    rowspace part alone keeps at least ``faithful_share`` of the direction's
+    effect.
     """
     v = _tensor(v, "the direction").flatten()
     activations = _tensor(activations, "the activations")
@@ -193,22 +226,21 @@ def illusion_checks(effect: Callable[[torch.Tensor | None], float], v: torch.Ten
         raise InterpError(f"activations must be [n, {v.numel()}], got {tuple(activations.shape)}")
     split = IllusionSplit(direction=v, reader=reader).fit(activations)
     v, row, null = (torch.from_numpy(a) for a in (split.direction_, split.rowspace_, split.nullspace_))
-    frac = {"full": float(effect(None)), "das": float(effect(v))}
+    measured = {"full": _measure(effect, None), "das": _measure(effect, v)}
+    raw = {}
     for name, part in (("rowspace", row), ("nullspace", null)):
-        frac[name] = float(effect(part)) if part.norm() > 1e-8 else 0.0
+        if part.norm() > 1e-8:
+            measured[name] = _measure(effect, part / part.norm())
+            raw[name] = _measure(effect, part)[0]
+        else:  # nothing of v lies there: no patch
+            measured[name], raw[name] = (0.0, 0.0), 0.0
+    frac = {k: m[0] for k, m in measured.items()}
+    fldd = {k: m[1] for k, m in measured.items()} if measured["das"][1] is not None else None
     variation = split.variation_
-    share = frac["rowspace"] / frac["das"] if abs(frac["das"]) > 1e-9 else float("nan")
-    numbers = (f"direction {frac['das']:.3f} of the effect, rowspace part alone {frac['rowspace']:.3f}, nullspace "
-               f"part alone {frac['nullspace']:.3f}, full component {frac['full']:.3f}; projection std on real "
-               f"inputs: rowspace {variation['rowspace']:.3g}, nullspace {variation['nullspace']:.3g}")
-    if share == share and share >= faithful_share:
-        verdict = f"faithful: the part the reader sees keeps {share:.0%} of the effect ({numbers})"
-    else:
-        why = ("most of its variation lies in the nullspace (disconnected) while the rowspace part barely varies "
-               "(dormant)" if variation["nullspace"] > variation["rowspace"] else
-               "the rowspace part alone does not reproduce the effect")
-        verdict = f"illusory: {why} ({numbers})"
-    return IllusionReport(frac, variation, split.norms_, verdict)
+    raw_frac = dict(frac, **raw)
+    unnormalized = dict(raw, verdict=_verdict(raw_frac, variation, faithful_share))
+    return IllusionReport(frac, variation, split.norms_, _verdict(frac, variation, faithful_share), fldd,
+                          unnormalized)
 
 
 class ToyIllusion:

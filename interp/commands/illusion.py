@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     q.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
     q.add_argument("--out", required=True, help="output folder")
-    q.add_argument("--pairs", type=int, default=32, help="clean/corrupted pairs (default 32)")
+    q.add_argument("--pairs", type=int, default=32,
+                   help="clean/corrupted pairs over train (1/2), validation (1/4) and test (1/4) (default 32)")
     q.add_argument("--positions", nargs="+", type=int, default=[-1, -2, -3, -4, -5],
                    help="sweep positions from the end, space-separated (default -1 -2 -3 -4 -5)")
     q.add_argument("--sites", nargs="+", default=["resid_pre", "attn_out", "mlp_out"],
@@ -40,7 +41,14 @@ def add_parser(sub) -> None:
                    "'unembed' (default: the queries of the 3 heads that matter most in the layer whose attn_out "
                    "patch at the last position matters most)")
     q.add_argument("--das-steps", type=int, default=60, help="optimizer steps for DAS (default 60)")
-    q.add_argument("--seed", type=int, default=0, help="seed for names and the DAS start (default 0)")
+    q.add_argument("--seed", type=int, default=0, help="seed for the split, names and the DAS start (default 0)")
+    q.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="run once per seed, space-separated, and report mean ± spread (e.g. --seeds 0 1 2)")
+    q.add_argument("--split-by", choices=["template", "pair"], default="template",
+                   help="'template': train/validation/test pairs use disjoint templates and names, as the official "
+                   "code (default); 'pair': pairs drawn from all templates and names")
+    q.add_argument("--random-directions", type=int, default=3,
+                   help="random unit directions patched on the test pairs as the control (default 3)")
     q.set_defaults(func=run_patch)
 
 
@@ -78,15 +86,28 @@ def run_patch(args) -> int:
 
     config = patching.Config(pairs=args.pairs, task_path=args.task, seed=args.seed, positions=tuple(args.positions),
                              sites=tuple(_split(args.sites)), mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
-                             readout=args.readout, das_steps=args.das_steps)
+                             readout=args.readout, das_steps=args.das_steps, seeds=args.seeds,
+                             split_by=args.split_by, random_directions=args.random_directions)
     patching.check_config(config, _known_n_layers(args.model))  # fail before the model loads
     model = load_model(args.model)
-    r = patching.run(model, config, out=args.out).report
-    print(f"clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
+    result = patching.run(model, config, out=args.out)
+    r = result.report
+    p = r["protocol"]
+    print(f"pairs: {p['n_train']} train, {p['n_val']} validation, {p['n_test']} test (split by {p['split_unit']}); "
+          f"choices on validation: {r['chosen']}")
+    print(f"validation clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
     for key, s in r["subspaces"].items():
-        f = s["fraction_of_effect"]
-        print(f"{s['site']}: full {f['full']:.3f}, DAS {f['das']:.3f}, rowspace {f['rowspace']:.3f}, "
-              f"nullspace {f['nullspace']:.3f}")
+        f, fl = s["fraction_of_effect"], s["fldd"]
+        print(f"{s['site']} (test pairs): fraction of effect full {f['full']:.3f}, DAS {f['das']:.3f}, rowspace "
+              f"{f['rowspace']:.3f}, nullspace {f['nullspace']:.3f}, random max {max(s['random_effect'], default=0):.3f}")
+        print(f"  FLDD (the paper's scale): full {fl['full']:.1f}%, DAS {fl['das']:.1f}%, rowspace "
+              f"{fl['rowspace']:.1f}%, nullspace {fl['nullspace']:.1f}%")
         print(f"  {s['verdict']}")
+        print(f"  raw-part patch (before the fix): rowspace {s['unnormalized']['rowspace']:.3f}, nullspace "
+              f"{s['unnormalized']['nullspace']:.3f}: {s['unnormalized']['verdict'].split(':')[0]}")
+    if "seeds" in r:
+        for h in result.headlines:
+            if isinstance(h.value, float):
+                print(f"{h.name}: {h.value:.3f} {h.note} [{h.split}]")
     print(f"wrote {args.out}/report.json and report.html")
     return 0

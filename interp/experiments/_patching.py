@@ -9,7 +9,9 @@ logit difference (clean answer − corrupted answer) at the last position
 Every edit is an ``Intervention`` under ``model.intervene``: ``Patch`` for a
 component at one position (``heads=[h]`` for one head of ``attn_z``),
 ``ProjectionPatch`` for w' = w + p pᵀ(u − w) along a vector (trainable, as
-given). Clean activations come from ``run_with_cache``.
+given; the checks pass unit vectors). Clean activations come from
+``run_with_cache``. ``Pairs.measure`` gives the paper's FLDD beside the
+normalized effect.
 
 - ``patching_sweep``: patch each site × layer × position (and each head of
   ``attn_z``) from clean into corrupted.
@@ -85,9 +87,25 @@ class Pairs:
 
     def effect(self, interventions: dict, grad: bool = False) -> torch.Tensor:
         """Normalized effect per pair of running the corrupted batch under ``interventions``."""
+        return (self.patched_metric(interventions, grad) - self.m_corr) / self.gap
+
+    def patched_metric(self, interventions: dict, grad: bool = False) -> torch.Tensor:
+        """The metric per pair of the corrupted batch run under ``interventions``."""
         with self.model.intervene(interventions):
             logits = _last_logits_grad(self.model, self.corr) if grad else self.model.last_logits(self.corr)
-        return (self._metric(logits) - self.m_corr) / self.gap
+        return self._metric(logits)
+
+    def measure(self, interventions: dict) -> tuple[float, float]:
+        """(normalized effect, the paper's FLDD in %) of one patch, averaged over the pairs.
+
+        The paper's FLDD is 100·(1 − LD_patched / LD_base) with LD the mean logit
+        difference of the base prompt's own answer over its other name (the
+        official ``ioi_analysis`` notebook's ``include_fractional_ld``). The base
+        here is the corrupted prompt, whose own answer is the corrupted one, so
+        LD = −metric and FLDD = 100·(1 − mean patched metric / mean corrupted metric).
+        """
+        m = self.patched_metric(interventions)
+        return ((m - self.m_corr) / self.gap).mean().item(), 100.0 * (1.0 - m.mean().item() / self.m_corr.mean().item())
 
 
 def _last_logits_grad(model, batch: dict) -> torch.Tensor:
@@ -176,14 +194,17 @@ def learn_das(model, task: PatchTask | Pairs, site: str, position: int = -1, ste
 
 
 def direction_effect(model, task: PatchTask | Pairs, site: str, p: torch.Tensor | None, position: int = -1,
-                     metric: Metric = logit_diff) -> float:
-    """Normalized effect of the patch along ``p`` (or the full component when None) at one position."""
+                     metric: Metric = logit_diff, fldd: bool = False) -> float | tuple[float, float]:
+    """Normalized effect of the patch along ``p`` as given (or the full component when None) at one position.
+
+    With ``fldd=True``: (effect, the paper's FLDD in %), see ``Pairs.measure``.
+    """
     pairs = task if isinstance(task, Pairs) else Pairs(model, task, metric)
     s = parse_site(site, model.n_layers)
     source = pairs.cache([s])
     iv = (Patch(source, str(s), positions=[position]) if p is None else
           ProjectionPatch(p.to(model.device).float(), source, str(s), positions=[position]))
-    return pairs.effect({s: iv}).mean().item()
+    return pairs.measure({s: iv}) if fldd else pairs.effect({s: iv}).mean().item()
 
 
 def mean_difference_direction(model, task: PatchTask | Pairs, site: str, position: int = -1) -> torch.Tensor:
@@ -273,6 +294,6 @@ def check_subspace(model, task: PatchTask | Pairs, site: str, v: torch.Tensor, p
     acts = torch.cat([pairs.cache([s])[s][:, position], pairs.cache([s], corrupted=True)[s][:, position]])
 
     def effect(p):
-        return direction_effect(model, pairs, site, None if p is None else p.float(), position)
+        return direction_effect(model, pairs, site, None if p is None else p.float(), position, fldd=True)
 
     return illusion_checks(effect, v, reader.float(), acts.float(), faithful_share)
