@@ -266,6 +266,13 @@ def test_sae_experiment_on_tiny_model(tiny_llama, tmp_path, monkeypatch):
     # a rerun resumes from the finished checkpoints and gives the same numbers
     again = sae.run(tiny_llama, _tiny_config(inits=("active",)), out=tmp_path)
     assert again.report["dead_fraction"] == {"active": r["dead_fraction"]["active"]}
+    # --seeds: one run per seed (another split each), headlines as mean ± spread, the first seed = the run above
+    swept = sae.run(tiny_llama, _tiny_config(seeds=(0, 1)), out=tmp_path / "sweep")
+    per_seed = swept.report["seeds"]["headlines"]["explained variance, active init"]["per_seed"]
+    assert per_seed[0] == r["explained_variance"]["active"] and set(per_seed) == {0, 1}
+    assert swept.protocol["seeds"] == [0, 1] and (tmp_path / "sweep" / "seed_1" / "report.json").exists()
+    ev = next(h for h in swept.headlines if h.name == "explained variance, active init")
+    assert ev.value == pytest.approx(sum(per_seed.values()) / 2) and "±" in ev.note
 
 
 def test_sae_lm_loss_goes_through_interventions(tiny_llama, tmp_path):
