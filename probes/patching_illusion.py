@@ -12,7 +12,8 @@ paper finds the MLP direction illusory (FLDD 46.7% → 13.5% on its rowspace
 part) and the residual one faithful (140.7% → 127.5%).
 
 Usage:
-    HF_HUB_OFFLINE=1 .venv/bin/python probes/patching_illusion.py smollm2-135m-instruct --pairs 24 --das-steps 20 --positions -1
+    HF_HUB_OFFLINE=1 .venv/bin/python probes/patching_illusion.py smollm2-135m-instruct --pairs 24 \
+        --das-steps 20 --positions -1
 """
 from __future__ import annotations
 

@@ -127,8 +127,10 @@ def test_run_patching_report(setup, tmp_path):
     assert fldd and all(h["paper"] is not None or "nullspace" in h["name"] for h in fldd)
     assert all(h["paper"] is None for h in saved["summary"] if h["name"].endswith("fraction of effect"))
     p = saved["protocol"]
-    assert p["selected_on"] == "validation" and p["split_unit"] == "pair" and p["n_train"] + p["n_val"] + p["n_test"] == 4
+    assert p["selected_on"] == "validation" and p["split_unit"] == "pair"
+    assert p["n_train"] + p["n_val"] + p["n_test"] == 4
     assert saved["sweep"]["split"].startswith("validation") and saved["chosen"]["on"] == "validation"
+    assert [saved["metrics"][k]["n"] for k in ("train", "val", "test")] == [p["n_train"], p["n_val"], p["n_test"]]
     assert {"patching resid_pre", "patching attn_out", "patching mlp_out", "fraction of effect"} <= set(result.figures)
     with pytest.raises(InterpError, match="at least 4"):
         run(m, Config(progress=False), task=task)

@@ -95,11 +95,14 @@ def run_patch(args) -> int:
     p = r["protocol"]
     print(f"pairs: {p['n_train']} train, {p['n_val']} validation, {p['n_test']} test (split by {p['split_unit']}); "
           f"choices on validation: {r['chosen']}")
-    print(f"validation clean metric {r['sweep']['clean_metric']:.2f}, corrupted {r['sweep']['corrupted_metric']:.2f}")
+    print("logit difference (clean answer − corrupted answer), clean / corrupted prompts: " + ", ".join(
+        f"{k} {m['clean']:.2f} / {m['corrupted']:.2f} ({m['clean_solved']:.0%} of clean solved)"
+        for k, m in r["metrics"].items()))
     for key, s in r["subspaces"].items():
         f, fl = s["fraction_of_effect"], s["fldd"]
         print(f"{s['site']} (test pairs): fraction of effect full {f['full']:.3f}, DAS {f['das']:.3f}, rowspace "
-              f"{f['rowspace']:.3f}, nullspace {f['nullspace']:.3f}, random max {max(s['random_effect'], default=0):.3f}")
+              f"{f['rowspace']:.3f}, nullspace {f['nullspace']:.3f}, "
+              f"random max {max(s['random_effect'], default=0):.3f}")
         print(f"  FLDD (the paper's scale): full {fl['full']:.1f}%, DAS {fl['das']:.1f}%, rowspace "
               f"{fl['rowspace']:.1f}%, nullspace {fl['nullspace']:.1f}%")
         print(f"  {s['verdict']}")

@@ -199,7 +199,11 @@ def run(model, config: Config | None = None, out=None, *, task: PatchTask | None
     report = {"model": model.describe(), "n_pairs": n, "sweep": sweep, "subspaces": subspaces,
               "fraction_of_effect": subspaces["mlp"]["fraction_of_effect"], "verdict": subspaces["mlp"]["verdict"],
               "chosen": {"reader_layer": reader_layer, "resid_layer": resid_layer, "mlp_layer": mlp_layer,
-                         "readout": readout, "on": "validation"}}
+                         "readout": readout, "on": "validation"},
+              # how well the model does the task on each split (a split of hard templates gives noisy fractions)
+              "metrics": {name: {"clean": p.m_clean.mean().item(), "corrupted": p.m_corr.mean().item(),
+                                 "clean_solved": (p.m_clean > 0).float().mean().item(), "n": len(p.task.clean)}
+                          for name, p in (("train", train), ("val", val), ("test", test))}}
     if heads is not None:
         report["reader_heads"] = {"layer": reader_layer, "attn_z_effects": heads, "split": "validation"}
     protocol = protocol_block(
