@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    from interp.commands.rank import split_list
+    from interp.commands._args import split_list
     from interp.errors import InterpError
     from interp.experiments import numeric
     from interp.loading import load_model

@@ -3,6 +3,9 @@ space-separated.
 
 Example:
     >>> import argparse
+
+from ..errors import InterpError
+from ..loading import peek_n_layers as known_n_layers  # noqa: F401  (the layer count, without loading)
     >>> p = argparse.ArgumentParser(); add_model_argument(p, default="smollm2-135m-instruct")
     >>> model_name(p.parse_args([])), model_name(p.parse_args(["m"])), model_name(p.parse_args(["--model", "m"]))
     ('smollm2-135m-instruct', 'm', 'm')
@@ -10,6 +13,9 @@ Example:
 from __future__ import annotations
 
 import argparse
+
+from ..errors import InterpError
+from ..loading import peek_n_layers as known_n_layers  # noqa: F401  (the layer count, without loading)
 
 MODEL_HELP = "packaged model name, .gguf file, local folder or hub id"
 
@@ -28,3 +34,25 @@ def add_model_argument(p: argparse.ArgumentParser, default: str | None = None, h
 def model_name(args: argparse.Namespace) -> str:
     """The model a command was given, by position or by ``--model``, else the command's default."""
     return args.model or getattr(args, "model_option", None) or args.model_default
+
+
+def split_list(values) -> list[str]:
+    """Space-separated argparse values, each of which may still hold the older comma form ('2,5')."""
+    if isinstance(values, str):
+        values = [values]
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+def parse_layer_list(values, n_layers: int | None) -> list[int] | None:
+    """``['all']`` → None (every layer); otherwise integer layer indices, checked against ``n_layers`` if known."""
+    items = split_list(values)
+    if items == ["all"]:
+        return None
+    try:
+        layers = [int(x) for x in items]
+    except ValueError:
+        raise InterpError(f"--layers takes 'all' or integer layer indices, got {' '.join(items)!r}") from None
+    top = f"0..{n_layers - 1}" if n_layers else "0 and up"
+    if not layers or any(x < 0 or (n_layers is not None and x >= n_layers) for x in layers):
+        raise InterpError(f"layers must be in {top}, got {' '.join(items)}")
+    return layers

@@ -61,7 +61,7 @@ def parse_layers(values, n_layers: int | None = None) -> list[int] | str:
     """
     from ..errors import InterpError
     from ..experiments.binding import resolve_layers
-    from .rank import split_list
+    from ._args import split_list
 
     items = split_list(values)
     if len(items) == 1 and (items[0] == "all" or items[0].startswith("every:")):
@@ -78,7 +78,7 @@ def parse_layers(values, n_layers: int | None = None) -> list[int] | str:
 def parse_ranks(values, option: str = "--ranks") -> list[int]:
     """``--ranks`` (or ``--seeds``) values (space-separated, or the older '1,2,4') → integers."""
     from ..errors import InterpError
-    from .rank import split_list
+    from ._args import split_list
 
     try:
         return [int(r) for r in split_list(values)]
@@ -89,7 +89,7 @@ def parse_ranks(values, option: str = "--ranks") -> list[int]:
 def run(args) -> int:
     from ..experiments import binding
     from ..loading import load_model
-    from .rank import known_n_layers, split_list
+    from ._args import known_n_layers, split_list
 
     n_layers = known_n_layers(args.model)
     given = {}  # kinds and ranks keep the Config defaults unless given (importing them would slow every command)

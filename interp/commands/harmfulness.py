@@ -69,7 +69,7 @@ def add_parser(sub) -> None:
 
 def _floats(values, what: str) -> tuple[float, ...]:
     from ..errors import InterpError
-    from .rank import split_list
+    from ._args import split_list
 
     try:
         return tuple(float(v) for v in split_list(values))
@@ -80,7 +80,7 @@ def _floats(values, what: str) -> tuple[float, ...]:
 def config_from_args(args):
     """The experiment's Config from the command line, checked against the model's depth when it is known."""
     from ..experiments.harmfulness import Config, check_config
-    from .rank import known_n_layers, parse_layer_list
+    from ._args import known_n_layers, parse_layer_list
 
     n_layers = known_n_layers(args.model)
     layers = None if args.inversion_layers is None else parse_layer_list(args.inversion_layers, n_layers)

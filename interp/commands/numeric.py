@@ -49,7 +49,7 @@ def add_parser(sub) -> None:
 
 def _numbers(values, flag: str, kind=float) -> list:
     from ..errors import InterpError
-    from .rank import split_list
+    from ._args import split_list
 
     items = split_list(values)
     try:
@@ -62,7 +62,7 @@ def _numbers(values, flag: str, kind=float) -> list:
 def config_from_args(args, n_layers: int | None = None):
     """The experiment's ``Config`` from parsed arguments, validated (against ``n_layers`` when known)."""
     from ..experiments.numeric import Config, check_config
-    from .rank import split_list
+    from ._args import split_list
 
     layers = None if split_list(args.layers) == ["all"] else _numbers(args.layers, "--layers", int)
     flip = None if args.flip_layers is None else _numbers(args.flip_layers, "--flip-layers", int)
@@ -78,7 +78,7 @@ def config_from_args(args, n_layers: int | None = None):
 def run(args) -> int:
     from ..experiments import numeric
     from ..loading import load_model
-    from .rank import known_n_layers
+    from ._args import known_n_layers
 
     config = config_from_args(args, known_n_layers(args.model))  # bad layers or α fail before the model loads
     model = load_model(args.model)

@@ -5,9 +5,7 @@ Parses arguments, validates sites and layers before the model loads, and calls
 """
 from __future__ import annotations
 
-import json
-import re
-from pathlib import Path
+from ._args import known_n_layers, parse_layer_list, split_list
 
 
 def add_parser(sub) -> None:
@@ -33,53 +31,6 @@ def add_parser(sub) -> None:
                    help="run once per seed (space-separated, e.g. 0 1 2) and report mean ± spread")
     p.add_argument("--batch-size", type=int, default=8, help="passages per forward pass (default 8)")
     p.set_defaults(func=run)
-
-
-def split_list(values) -> list[str]:
-    """Space-separated argparse values, each of which may still hold the older comma form ('2,5')."""
-    if isinstance(values, str):
-        values = [values]
-    return [v.strip() for item in values for v in item.split(",") if v.strip()]
-
-
-def parse_layer_list(values, n_layers: int | None) -> list[int] | None:
-    """``['all']`` → None (every layer); otherwise integer layer indices, checked against ``n_layers`` if known."""
-    from ..errors import InterpError
-
-    items = split_list(values)
-    if items == ["all"]:
-        return None
-    try:
-        layers = [int(x) for x in items]
-    except ValueError:
-        raise InterpError(f"--layers takes 'all' or integer layer indices, got {' '.join(items)!r}") from None
-    top = f"0..{n_layers - 1}" if n_layers else "0 and up"
-    if not layers or any(x < 0 or (n_layers is not None and x >= n_layers) for x in layers):
-        raise InterpError(f"layers must be in {top}, got {' '.join(items)}")
-    return layers
-
-
-def known_n_layers(model: str) -> int | None:
-    """The layer count of a model without loading it, when it is knowable (packaged or local folder), else None."""
-    from ..packaged import PACKAGED, model_dir
-
-    candidates = [Path(model) / "config.json"]
-    if model in PACKAGED:
-        candidates.insert(0, model_dir(model) / "hf" / "config.json")
-    for path in candidates:
-        try:
-            cfg = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        cfg = cfg.get("text_config", cfg)
-        for key in ("num_hidden_layers", "n_layer", "n_layers"):
-            if isinstance(cfg.get(key), int):
-                return cfg[key]
-    if model in PACKAGED:  # not converted yet: the description states it ("llama, 30 layers, ...")
-        m = re.search(r"(\d+) layers", PACKAGED[model].description)
-        if m:
-            return int(m.group(1))
-    return None
 
 
 def run(args) -> int:

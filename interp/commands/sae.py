@@ -70,7 +70,7 @@ def add_parser(sub) -> None:
 def _config(args: argparse.Namespace, inits: tuple[str, ...]):
     """The experiment's Config from the arguments, validated before any model or corpus is loaded."""
     from ..experiments import sae
-    from .rank import known_n_layers
+    from ._args import known_n_layers
 
     config = sae.Config(site=args.site, layer=args.layer, inits=inits, kind=args.kind, d_sae=args.d_sae, k=args.k,
                         l1=args.l1, l0=args.l0, d_active=args.d_active, tokens=args.tokens, passages=args.passages,
