@@ -431,7 +431,26 @@ def test_separation_experiment_on_tiny(tiny_llama, tmp_path):
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert {"model", "site", "position", "sets", "folds", "per_layer", "best_layer", "seconds"} <= set(report)
     assert len(report["per_layer"]) == tiny_llama.n_layers and report["sets"]["n_a"] == 6
-    assert set(result.figures) == {"cv_accuracy", "dprime"} and result.headlines[0].split.startswith("3-fold")
+    assert set(result.figures) == {"cv_accuracy", "dprime"} and result.headlines[1].split.startswith("3-fold")
+    assert report["protocol"]["selected_on"] == "validation" and result.headlines[0].split.startswith("test:")
+    assert report["best_layer"] == int(np.argmax(report["val_accuracy"]))  # chosen on validation, not on test
+
+
+def test_separation_layer_choice_reads_test_once():
+    """Planted signal only at layer 1, and only in validation/test-sized data: the chosen layer is 1 and its test
+    accuracy is high; with the signal removed from the test prompts, the test accuracy falls to chance."""
+    from interp.analyzers.separation import chosen_layer_test
+    from interp.protocol import split_groups
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(3, 40, 8, generator=g), torch.randn(3, 40, 8, generator=g)
+    a[1, :, 0] += 3.0
+    s = split_groups(range(40), seed=0)
+    out = chosen_layer_test(a, b, s, s)
+    assert out["layer"] == 1 and out["test_accuracy"] > 0.85
+    a_no = a.clone()
+    a_no[1, s.test, 0] -= 3.0  # the test prompts lose the signal: a choice made on test would not see this
+    assert chosen_layer_test(a_no, b, s, s)["layer"] == 1 and chosen_layer_test(a_no, b, s, s)["test_accuracy"] < 0.8
 
 
 # ------------------------------------------------------------------ the paper's claim on a real model

@@ -61,3 +61,33 @@ def layer_separation(a: torch.Tensor, b: torch.Tensor, folds: int = 5, seed: int
         rows.append({"layer": layer, "cv_accuracy": float(acc), "dprime": float(np.nanmean(dps)),
                      "mean_diff_norm": float(np.linalg.norm(mean_diff))})
     return rows
+
+
+def chosen_layer_test(a: torch.Tensor, b: torch.Tensor, split_a, split_b) -> dict:
+    """Choose the layer on validation, read test once: a standardized logistic probe per layer fitted on the train
+    prompts of ``a`` and ``b`` ([layers, n, d]); the layer with the best validation accuracy (ties: the earlier) is
+    scored on the test prompts. ``split_a`` / ``split_b`` have ``train`` / ``val`` / ``test`` index lists.
+
+    Example:
+        >>> from interp.protocol import split_groups
+        >>> g = torch.Generator().manual_seed(0)
+        >>> a, b = torch.randn(2, 20, 8, generator=g) + 2, torch.randn(2, 20, 8, generator=g)
+        >>> s = split_groups(range(20), seed=0)
+        >>> chosen_layer_test(a, b, s, s)["test_accuracy"] > 0.9
+        True
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def part(layer, name):
+        xa, xb = a[layer][getattr(split_a, name)], b[layer][getattr(split_b, name)]
+        return torch.cat([xa, xb]).double().numpy(), np.r_[np.ones(len(xa)), np.zeros(len(xb))]
+
+    val_acc, probes = [], []
+    for layer in range(a.shape[0]):
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000)).fit(*part(layer, "train"))
+        val_acc.append(float(probe.score(*part(layer, "val"))))
+        probes.append(probe)
+    best = int(np.argmax(val_acc))
+    return {"layer": best, "val_accuracy": val_acc, "test_accuracy": float(probes[best].score(*part(best, "test")))}

@@ -26,6 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     p.add_argument("--site", default="resid_post", help="site read at every layer (default resid_post)")
     p.add_argument("--position", default="last", help="token position read (default last)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and the train/validation/test split")
     p.set_defaults(func=run)
 
 
@@ -38,7 +39,8 @@ def run(args) -> int:
 
     if args.model and args.model_option and args.model != args.model_option:
         raise InterpError(f"two models given ({args.model} and --model {args.model_option}); give one")
-    cfg = Config(a=args.a, b=args.b, site=args.site, position=args.position, folds=args.folds)
+    cfg = Config(a=args.a, b=args.b, site=args.site, position=args.position, folds=args.folds,
+                 seed=args.seed)
     a, b = check_config(cfg)  # before the model loads
     model = load_model(args.model or args.model_option or DEFAULT_MODEL)
     print(f"{model}: {len(a)} + {len(b)} prompts")
@@ -47,6 +49,7 @@ def run(args) -> int:
     print("layer  cv_acc    d'")
     for r in rows:
         print(f"{r['layer']:>5}  {r['cv_accuracy']:.3f}  {r['dprime']:6.2f}")
-    print(f"best layer {best['layer']}: accuracy {best['cv_accuracy']:.3f}, d' {best['dprime']:.2f}")
+    print(f"layer {best['layer']} chosen on validation: test accuracy {result.report['test_accuracy']:.3f} "
+          f"(cross-validated over all prompts {best['cv_accuracy']:.3f}, d' {best['dprime']:.2f})")
     print(f"report: {args.out}/report.json and {args.out}/report.html ({result.report['seconds']} s)")
     return 0
