@@ -53,18 +53,14 @@ from typing import Sequence
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
 from torch import nn
 
 from ..errors import InterpError
+from . import NotFitted
 
 KINDS = ("linear", "diagonal", "full", "lowrank")
 #: How the bilinear score of full / lowrank probes is scaled: "sqrt_d" (÷√d, the paper's code) or "none".
 BILINEAR_SCALES = ("sqrt_d", "none")
-
-
-class NotFitted(InterpError, NotFittedError):
-    """Predicting before ``fit``: an InterpError that scikit-learn also recognizes as ``NotFittedError``."""
 
 
 def _as_float(X, what: str = "X", pair_rows: bool = False) -> torch.Tensor:
