@@ -60,5 +60,6 @@ def test_das_beats_random_directions_on_held_out_pairs(smollm):
     gaps = {k: s["fraction_of_effect"]["das"] - max(s["random_effect"]) for k, s in (("resid", resid), ("mlp", mlp))}
     # measured 2026-11-30 on seed 0 (resid_pre.21, mlp_act.21, 6 test pairs): DAS 1.104 vs best random 0.001 in
     # the residual stream, 0.249 vs −0.001 in MLP21; thresholds keep a margin of 0.6 and 0.15 below those gaps
+    # (seeds 1 and 2 measured gaps of 0.665 / 0.595 and 0.253 / 0.182, also above both thresholds)
     assert gaps["resid"] > 0.5 and gaps["mlp"] > 0.1, gaps
     assert resid["reader"].startswith("q.") and mlp["reader"] == "down projection"
