@@ -74,7 +74,7 @@ def _split(values: list[str]) -> list[str]:
 
 def _known_n_layers(model: str) -> int | None:
     try:
-        from .rank import known_n_layers
+        from ._args import known_n_layers
     except ImportError:  # layer bounds are then checked once the model has loaded
         return None
     return known_n_layers(model)
