@@ -3,8 +3,8 @@
 Data are split three ways by *group* (a prompt, an entity, a pair, an image, a passage: never by
 token), so no group lands on two sides. Every choice (layer, position, rank, α, heads, candidate) is
 made on ``val``; ``test`` is read once at the end for the reported numbers. ``protocol_block`` is
-what ``report.json`` carries under ``"protocol"``; ``seed_summary`` turns a seed sweep into
-mean ± spread.
+what ``report.json`` carries under ``"protocol"``; ``seed_sweep`` runs an experiment per seed and
+``seed_summary`` turns the runs into mean ± spread.
 
 Example:
     >>> s = split_groups(["a", "a", "b", "c", "d", "e"], fractions=(0.5, 0.25, 0.25), seed=0, unit="entity")
@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Hashable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 from .errors import InterpError
 
@@ -86,3 +86,46 @@ def seed_summary(values: Mapping[int, float | None]) -> dict:
     mean = sum(xs) / len(xs)
     std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": len(xs), "per_seed": dict(values)}
+
+
+def seed_sweep(run_one: Callable, model, config, out=None, *, varies: str = "split",
+               extra: Callable[[dict], dict] | None = None):
+    """Run an experiment once per seed in ``config.seeds``; headlines become mean ± spread over seeds.
+
+    ``run_one(model, config, out)`` is the experiment's own ``run``; each seed runs with
+    ``config.seed = s`` (and ``seeds=None``) and writes its own report under ``out/seed_<s>``.
+    ``report["seeds"]`` holds ``seed_summary`` of every numeric headline (plus ``extra(runs)``); the
+    first seed's report supplies everything else. ``varies`` says what a seed changes, for the reader.
+    """
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .report import Headline, Result, write_report
+
+    seeds = [int(s) for s in config.seeds]
+    runs = {s: run_one(model, replace(config, seed=s, seeds=None), None if out is None else Path(out) / f"seed_{s}")
+            for s in seeds}
+    first = runs[seeds[0]]
+    summaries, headlines = {}, []
+    for h in first.headlines:
+        values = {s: next((x.value for x in runs[s].headlines if x.name == h.name), None) for s in seeds}
+        if not all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
+            continue
+        summ = summaries[h.name] = seed_summary(values)
+        if summ["mean"] is None:
+            continue
+        per_seed = ", ".join(f"{s}: {'–' if v is None else f'{v:.3f}'}" for s, v in values.items())
+        headlines.append(Headline(h.name, summ["mean"], f"{h.split}; mean over seeds {seeds}", target=h.target,
+                                  paper=h.paper, note=f"± {summ['std']:.3f} (sd over {summ['n']} seeds; range "
+                                  f"{summ['min']:.3f}..{summ['max']:.3f}); per seed: {per_seed}"))
+    report = dict(first.report, seeds={"seeds": seeds, "headlines": summaries, **(extra(runs) if extra else {})})
+    timing = {f"seed {s}": r.timing.get("total_s", round(sum(v for v in r.timing.values()
+                                                               if isinstance(v, (int, float))), 2))
+              for s, r in runs.items()}
+    result = Result(first.experiment, report, figures=first.figures, headlines=headlines,
+                    conclusion=f"Over seeds {seeds} (each: another {varies}). First seed: {first.conclusion}",
+                    config=config, timing=timing, tables=first.tables, title=first.title,
+                    protocol=dict(first.protocol or {}, seeds=seeds))
+    if out is not None:
+        write_report(result, out, model=model)
+    return result

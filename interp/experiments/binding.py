@@ -51,7 +51,7 @@ from ..data.binding import load_coref_texts, sample_pairs, tokenize_texts
 from ..errors import InterpError
 from ..evaluation import sequence_nll
 from ..interventions import Ablate
-from ..protocol import protocol_block, seed_summary, split_groups
+from ..protocol import protocol_block, seed_sweep, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 
 __all__ = ["Config", "run", "check_config", "resolve_layers", "summary_lines", "PROBE_KINDS", "RANKS"]
@@ -163,7 +163,9 @@ def run(model, config: Config | None = None, out=None) -> Result:
     """
     config = check_config(config or Config(), model.n_layers)
     if config.seeds:
-        return _seed_sweep(model, config, out)
+        return seed_sweep(run, model, config, out, varies="text split, pair sample and probe init",
+                          extra=lambda runs: {"chosen": {s: {k: r.report.get("best", {}).get(k) for k in ("kind", "layer")}
+                                                         for s, r in runs.items()}})
     layers, kinds = list(config.layers), list(config.kinds)
     sw = Stopwatch()
     probe_kw = dict(epochs=config.epochs, seed=config.seed, bilinear_scale=config.bilinear_scale)
@@ -547,32 +549,3 @@ def _result(model, config: Config, out, report: dict, sw: Stopwatch, protocol: d
     return result
 
 
-def _seed_sweep(model, config: Config, out) -> Result:
-    """The experiment once per seed (new split, pairs and probe init each); headlines become mean ± spread."""
-    seeds = list(config.seeds)
-    runs = {s: run(model, replace(config, seed=s, seeds=None), None if out is None else Path(out) / f"seed_{s}")
-            for s in seeds}
-    first = runs[seeds[0]]
-    summaries, headlines = {}, []
-    for h in first.headlines:
-        values = {s: next((x.value for x in runs[s].headlines if x.name == h.name), None) for s in seeds}
-        if not all(v is None or isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
-            continue
-        summ = summaries[h.name] = seed_summary(values)
-        if summ["mean"] is None:
-            continue
-        headlines.append(Headline(h.name, summ["mean"], f"{h.split}; mean over seeds {seeds}", target=h.target,
-                                  paper=h.paper, note=f"± {summ['std']:.3f} (sd over {summ['n']} seeds; range "
-                                  f"{summ['min']:.3f}..{summ['max']:.3f}); per seed: " + ", ".join(
-                                      f"{s}: {_f(v)}" for s, v in values.items())))
-    report = dict(first.report, seeds={"seeds": seeds, "headlines": summaries,
-                                       "chosen": {s: {k: runs[s].report.get("best", {}).get(k)
-                                                      for k in ("kind", "layer")} for s in seeds}})
-    result = Result("binding", report, figures=first.figures, headlines=headlines,
-                    conclusion=f"Over seeds {seeds} (each: another text split, pair sample and probe init). First "
-                               f"seed: " + first.conclusion, config=config,
-                    timing={f"seed {s}": runs[s].timing.get("total_s") for s in seeds}, tables=first.tables,
-                    title=first.title, protocol=dict(first.protocol or {}, seeds=seeds))
-    if out is not None:
-        write_report(result, out, model=model)
-    return result

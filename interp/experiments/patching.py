@@ -37,8 +37,7 @@ Example:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -46,7 +45,7 @@ import torch
 from .. import plots
 from ..data.ioi import PatchTask, ioi_splits, ioi_task
 from ..errors import InterpError
-from ..protocol import protocol_block, seed_summary, split_groups
+from ..protocol import protocol_block, seed_sweep, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 from ..sites import SITE_NAMES
 from ._patching import (Metric, Pairs, check_readout, check_subspace, direction_effect,
@@ -139,7 +138,11 @@ def run(model, config: Config | None = None, out=None, *, task: PatchTask | None
     """
     cfg = check_config(config or Config(), model.n_layers, model.n_heads)
     if cfg.seeds is not None:
-        return _seed_sweep(model, cfg, out, task)
+        return seed_sweep(lambda m, c, o: run(m, c, o, task=task), model, cfg, out,
+                          varies="split, names and DAS start", extra=lambda runs: {
+                              "verdicts": {s: {k: v["verdict"].split(":")[0] for k, v in r.report["subspaces"].items()}
+                                           for s, r in runs.items()},
+                              "chosen": {s: r.report["chosen"] for s, r in runs.items()}})
     sw = Stopwatch()
 
     # data: three splits; no template or name (or, for a given task, no pair) on two sides
@@ -219,34 +222,6 @@ def run(model, config: Config | None = None, out=None, *, task: PatchTask | None
                                           for r in subspaces.values()),
                     config=cfg, timing=sw.seconds, title=f"Patching and illusion checks: {model.name}",
                     protocol=protocol)
-    if out is not None:
-        write_report(result, out, model=model)
-    return result
-
-
-def _seed_sweep(model, cfg: Config, out, task: PatchTask | None) -> Result:
-    """The experiment once per seed (new split, names and DAS start each); headlines become mean ± spread."""
-    seeds = [int(s) for s in cfg.seeds]
-    runs = {s: run(model, replace(cfg, seed=s, seeds=None), None if out is None else Path(out) / f"seed_{s}",
-                   task=task) for s in seeds}
-    first = runs[seeds[0]]
-    summaries, headlines = {}, []
-    for h in first.headlines:
-        values = {s: next((x.value for x in runs[s].headlines if x.name == h.name), None) for s in seeds}
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.values()):
-            continue
-        summ = summaries[h.name] = seed_summary(values)
-        headlines.append(Headline(h.name, summ["mean"], f"{h.split}; mean over seeds {seeds}", target=h.target,
-                                  paper=h.paper, note=f"± {summ['std']:.3f} (sd over {summ['n']} seeds; range "
-                                  f"{summ['min']:.3f}..{summ['max']:.3f})"))
-    verdicts = {s: {k: r["verdict"].split(":")[0] for k, r in runs[s].report["subspaces"].items()} for s in seeds}
-    report = dict(first.report, seeds={"seeds": seeds, "headlines": summaries, "verdicts": verdicts,
-                                       "chosen": {s: runs[s].report["chosen"] for s in seeds}})
-    result = Result("patching", report, figures=first.figures, headlines=headlines,
-                    conclusion=f"Over seeds {seeds} (each: another split, names and DAS start); verdicts per seed "
-                               f"{verdicts}. First seed: " + first.conclusion, config=cfg,
-                    timing={f"seed {s}": sum(runs[s].timing.values()) for s in seeds}, title=first.title,
-                    protocol=dict(first.protocol or {}, seeds=seeds))
     if out is not None:
         write_report(result, out, model=model)
     return result

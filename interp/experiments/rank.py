@@ -35,11 +35,11 @@ from ..analyzers.rank import fit_store_sites
 from ..data.corpus import passages_for
 from ..errors import InterpError
 from ..positions import check_spec
-from ..protocol import protocol_block, seed_summary, split_groups
+from ..protocol import protocol_block, seed_sweep, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 from ..sites import SITE_NAMES, Site
 
-__all__ = ["Config", "run", "check_config", "seed_sweep", "PAPER", "TARGET_GAP"]
+__all__ = ["Config", "run", "check_config", "PAPER", "TARGET_GAP"]
 
 #: What the paper reports for k99/d (``shared/methods.md`` §5).
 PAPER = {"attn_out": "≈ 0.6", "mlp_out": "≈ 0.9", "resid_post": "≈ 0.9"}
@@ -116,7 +116,7 @@ def run(model, config: Config | None = None, out=None) -> Result:
     """
     config = check_config(config or Config(), model.n_layers)
     if config.seeds:
-        return seed_sweep(run, model, config, out)
+        return seed_sweep(run, model, config, out, varies="passage split and resampling")
     layers = list(range(model.n_layers)) if config.layers is None else config.layers
     keys = [str(Site(n, layer)) for n in config.sites for layer in layers]
     sw = Stopwatch()
@@ -205,34 +205,3 @@ def _span(layers: Sequence[int]) -> str:
     return ", ".join(map(str, layers)) if len(layers) <= 6 else f"{layers[0]}..{layers[-1]} ({len(layers)} layers)"
 
 
-def seed_sweep(run_one, model, config, out=None) -> Result:
-    """Run ``run_one(model, config with seed=s, out/seed_<s>)`` per seed; headlines become mean ± spread.
-
-    ``report["seeds"]`` holds ``interp.protocol.seed_summary`` of every numeric headline, the first seed's
-    report supplies everything else; each seed's own report is written under ``out/seed_<s>``.
-    """
-    seeds = list(config.seeds)
-    runs = {s: run_one(model, replace(config, seed=s, seeds=None), None if out is None else Path(out) / f"seed_{s}")
-            for s in seeds}
-    first = runs[seeds[0]]
-    summaries, headlines = {}, []
-    for h in first.headlines:
-        values = {s: next((x.value for x in runs[s].headlines if x.name == h.name), None) for s in seeds}
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) or v is None for v in values.values()):
-            continue
-        summ = summaries[h.name] = seed_summary(values)
-        if summ["mean"] is None:
-            continue
-        headlines.append(Headline(h.name, summ["mean"], f"{h.split}; mean over seeds {seeds}", target=h.target,
-                                  paper=h.paper, note=f"± {summ['std']:.3f} (sd over {summ['n']} seeds; range "
-                                  f"{summ['min']:.3f}..{summ['max']:.3f})"))
-    report = dict(first.report, seeds={"seeds": seeds, "headlines": summaries})
-    protocol = dict(first.protocol or {}, seeds=seeds)
-    result = Result(first.experiment, report, figures=first.figures, headlines=headlines,
-                    conclusion=f"Over seeds {seeds} (each: another passage split and resampling). First seed: "
-                               + first.conclusion, config=config,
-                    timing={f"seed {s}": runs[s].timing.get("total_s") for s in seeds}, tables=first.tables,
-                    title=first.title, protocol=protocol)
-    if out is not None:
-        write_report(result, out, model=model)
-    return result

@@ -161,7 +161,7 @@ def run(model, config: Config | None = None, out=None) -> Result:
 
     config = check_config(config or Config(), model.n_layers)
     if config.seeds:
-        from .rank import seed_sweep
+        from ..protocol import seed_sweep
 
         return seed_sweep(run, model, config, out)
     sw = Stopwatch()
