@@ -24,14 +24,11 @@ from typing import Sequence
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, RegressorMixin, TransformerMixin
-from sklearn.exceptions import DataConversionWarning, NotFittedError
+from sklearn.exceptions import DataConversionWarning
 from tqdm.auto import tqdm
 
 from ..errors import InterpError
-
-
-class NotFitted(InterpError, NotFittedError):
-    """Predicting before ``fit``: an InterpError that scikit-learn also knows as its NotFittedError."""
+from . import NotFitted
 
 
 def _as_2d(X, what: str = "X") -> np.ndarray:
