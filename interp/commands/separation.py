@@ -49,7 +49,7 @@ def run(args) -> int:
     print("layer  cv_acc    d'")
     for r in rows:
         print(f"{r['layer']:>5}  {r['cv_accuracy']:.3f}  {r['dprime']:6.2f}")
-    print(f"layer {best['layer']} chosen on validation: test accuracy {result.report['test_accuracy']:.3f} "
+    print(f"best layer {best['layer']} (chosen on validation): test accuracy {result.report['test_accuracy']:.3f} "
           f"(cross-validated over all prompts {best['cv_accuracy']:.3f}, d' {best['dprime']:.2f})")
     print(f"report: {args.out}/report.json and {args.out}/report.html ({result.report['seconds']} s)")
     return 0
