@@ -26,13 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import NotFittedError
 
 from ..errors import InterpError
-
-
-class NotFitted(InterpError, NotFittedError):
-    """Scoring before ``fit``: an InterpError that scikit-learn also recognizes as ``NotFittedError``."""
+from . import NotFitted
 
 
 class InputTypeError(InterpError, TypeError):
