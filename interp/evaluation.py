@@ -105,17 +105,11 @@ def _intervening(model, interventions: Mapping | None):
 def text_ce(model, texts: Sequence[str], interventions: Mapping | None = None, batch_size: int = 8,
             dtype: torch.dtype = torch.float64) -> float:
     """Mean next-token cross-entropy (nats/token) over plain texts, optionally under interventions."""
-    enc = model.encode(texts, chat=False)
-    total, count = 0.0, 0
-    with _intervening(model, interventions), torch.no_grad():
-        for s in range(0, len(enc.ids), batch_size):
-            batch = model.pad(enc.ids[s:s + batch_size])
-            nll, valid = token_nll(model.run(batch), batch["input_ids"], batch["attention_mask"], dtype)
-            total += nll[valid].sum().item()
-            count += int(valid.sum())
+    nll = sequence_nll(model, model.encode(texts, chat=False).ids, interventions, batch_size, dtype)
+    count = sum(row.numel() for row in nll)
     if count == 0:
         raise InterpError("texts are too short to score (need at least two tokens)")
-    return total / count
+    return sum(row.sum().item() for row in nll) / count
 
 
 def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], interventions: Mapping | None = None,
@@ -123,26 +117,14 @@ def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], int
     """Mean cross-entropy (nats/token) of completions given their (chat-formatted) prompts."""
     if len(prompts) != len(completions):
         raise InterpError(f"{len(prompts)} prompts but {len(completions)} completions")
-    total, count = 0.0, 0
-    with _intervening(model, interventions), torch.no_grad():
-        for s in range(0, len(prompts), batch_size):
-            ids, starts = [], []
-            for p, c in zip(prompts[s:s + batch_size], completions[s:s + batch_size]):
-                head = model.encode([p], chat=chat).ids[0]
-                ids.append(head + model.tokenizer(c, add_special_tokens=False)["input_ids"])
-                starts.append(len(head))
-            batch = model.pad(ids)
-            nll, _ = token_nll(model.run(batch), batch["input_ids"], batch["attention_mask"])
-            width = batch["input_ids"].shape[1]
-            for i, (row, start) in enumerate(zip(ids, starts)):
-                first = width - len(row) + start  # first completion token, in padded coordinates
-                if first >= width:
-                    continue
-                total += nll[i, first - 1:].sum().item()
-                count += width - first
+    heads = [model.encode([p], chat=chat).ids[0] for p in prompts]
+    ids = [h + model.tokenizer(c, add_special_tokens=False)["input_ids"] for h, c in zip(heads, completions)]
+    # row[t] scores token t + 1, so a completion starting at token len(head) is scored from len(head) − 1 on
+    scored = [row[len(h) - 1:] for row, h in zip(sequence_nll(model, ids, interventions, batch_size), heads)]
+    count = sum(row.numel() for row in scored)
     if count == 0:
         raise InterpError("no completion tokens to score")
-    return total / count
+    return sum(row.sum().item() for row in scored) / count
 
 
 # ------------------------------------------------------------------ classification
@@ -165,10 +147,8 @@ def auroc(scores, labels) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-# --- added for binding ---
-
 def sequence_nll(model, token_ids: Sequence[Sequence[int]], interventions: Mapping | None = None,
-                 batch_size: int = 8) -> list[torch.Tensor]:
+                 batch_size: int = 8, dtype: torch.dtype = torch.float64) -> list[torch.Tensor]:
     """Per token sequence, −log p(token t+1 | ..t) for each of its tokens but the first ([len − 1], float64, CPU).
 
     The ids are used as given (no chat template, no re-tokenization), left-padded in batches in the
@@ -184,7 +164,7 @@ def sequence_nll(model, token_ids: Sequence[Sequence[int]], interventions: Mappi
         for s in range(0, len(token_ids), batch_size):
             rows = [list(ids) for ids in token_ids[s:s + batch_size]]
             batch = model.pad(rows)
-            nll, _ = token_nll(model.run(batch), batch["input_ids"], batch["attention_mask"])
+            nll, _ = token_nll(model.run(batch), batch["input_ids"], batch["attention_mask"], dtype)
             width = batch["input_ids"].shape[1]
             out.extend(nll[j, width - len(ids):].cpu() for j, ids in enumerate(rows))
     return out
