@@ -22,7 +22,6 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .activations import prompt_hash  # noqa: F401  (re-exported: older code imports it from here)
 from .arch import HookFn, StopForward, count_hooks, find_layers, layout_for, register_hf_hook
 from .errors import InterpError
 from .sites import Site, SiteLike, parse_site

@@ -8,7 +8,6 @@ Example:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import plotly.graph_objects as go
@@ -27,19 +26,6 @@ def layer_lines(series: Mapping[str, Sequence[float]], title: str = "", yaxis: s
         fig.add_trace(go.Scatter(x=xs, y=list(ys), mode="lines+markers", name=name))
     fig.update_layout(title=title, xaxis_title="layer", yaxis_title=yaxis, template="plotly_white")
     return fig
-
-
-def write_html(figures: Sequence[go.Figure], path: str | Path, title: str = "interp report",
-               intro: str = "") -> Path:
-    """Write figures into one self-contained HTML file (plotly.js inlined once)."""
-    path = Path(path)
-    parts = [f"<html><head><meta charset='utf-8'><title>{title}</title></head><body>",
-             f"<h1>{title}</h1>", f"<p>{intro}</p>" if intro else ""]
-    for i, fig in enumerate(figures):
-        parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0 else False))
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
 
 
 # --- refusal ---
