@@ -56,11 +56,16 @@ class Context:
         return cls(idx, torch.ones(b, s, dtype=torch.bool, device=x.device),
                    torch.ones(s, dtype=torch.bool, device=x.device), torch.full((b,), s, device=x.device))
 
-    def row_ids(self) -> torch.Tensor:
-        """Prompt index of each batch row (0..batch−1 unless the caller said otherwise)."""
-        if self.rows is not None:
-            return self.rows.to(self.valid.device)
-        return torch.arange(self.valid.shape[0], device=self.valid.device)
+    def row_ids(self, n: int | None = None, per_prompt: str = "entry") -> torch.Tensor:
+        """Prompt index of each batch row (0..batch−1 unless the caller said otherwise).
+
+        With ``n`` (how many per-prompt entries an intervention was given) a row beyond them is an error.
+        """
+        rows = self.rows.to(self.valid.device) if self.rows is not None else \
+            torch.arange(self.valid.shape[0], device=self.valid.device)
+        if n is not None and len(rows) and int(rows.max()) >= n:
+            raise InterpError(f"{n} given, but prompt {int(rows.max())} is running; give one {per_prompt} per prompt")
+        return rows
 
 
 def _unit_check(v: torch.Tensor, what: str) -> torch.Tensor:
@@ -149,19 +154,13 @@ class Intervention:
             elif self.positions == "generated":
                 mask &= ~ctx.is_prompt[None]
         elif isinstance(self.positions, torch.Tensor):  # per-prompt mask over each prompt's own tokens
-            rows = ctx.row_ids()
             table = self.positions.to(mask.device)
-            if int(rows.max()) >= table.shape[0]:
-                raise InterpError(f"the position mask has {table.shape[0]} rows, but prompt {int(rows.max())} "
-                                  f"is running; give one row per prompt")
+            rows = ctx.row_ids(table.shape[0], "position-mask row")
             idx = ctx.token_index.clamp(0, table.shape[1] - 1)
             chosen = table[rows][torch.arange(len(rows), device=mask.device)[:, None], idx]
             mask &= chosen & (ctx.token_index < table.shape[1]) & ctx.is_prompt[None]
         elif self.per_prompt:
-            rows = ctx.row_ids().tolist()
-            if max(rows) >= len(self.positions):
-                raise InterpError(f"{len(self.positions)} per-prompt position lists, but prompt {max(rows)} is "
-                                  f"running; give one list per prompt")
+            rows = ctx.row_ids(len(self.positions), "position list").tolist()
             chosen = torch.zeros_like(mask)
             for b, r in enumerate(rows):
                 if self.positions[r]:
@@ -316,10 +315,7 @@ class Patch(Intervention):
                               f"{tuple(shape)}")
 
     def _gather(self, x, ctx):
-        rows = ctx.row_ids()
-        if int(rows.max()) >= self.source.shape[0]:
-            raise InterpError(f"patch source has {self.source.shape[0]} prompts, this run has "
-                              f"{max(x.shape[0], int(rows.max()) + 1)}")
+        rows = ctx.row_ids(self.source.shape[0], "patch-source row")
         src = self.source.to(x.device, x.dtype)[rows.to(self.source.device)]
         if self.source_mask is not None:
             m = self.source_mask.to(x.device)[rows]
@@ -525,8 +521,5 @@ class AddPerPrompt(Intervention):
                               f"{tuple(shape)}")
 
     def edit(self, x, ctx):
-        rows = ctx.row_ids()
-        if int(rows.max()) >= self.vectors.shape[0]:
-            raise InterpError(f"{self.vectors.shape[0]} vectors, but prompt {int(rows.max())} is running; "
-                              f"give one vector per prompt")
+        rows = ctx.row_ids(self.vectors.shape[0], "vector")
         return x + self.vectors.to(x.device, x.dtype)[rows][:, None]
