@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from ._args import known_n_layers, split_list
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("illusion", help="subspace-patching illusion checks",
@@ -67,28 +69,15 @@ def run(args) -> int:
     return 0
 
 
-def _split(values: list[str]) -> list[str]:
-    """Space-separated list items; the older comma form ("a,b") still works."""
-    return [x for v in values for x in v.split(",") if x]
-
-
-def _known_n_layers(model: str) -> int | None:
-    try:
-        from ._args import known_n_layers
-    except ImportError:  # layer bounds are then checked once the model has loaded
-        return None
-    return known_n_layers(model)
-
-
 def run_patch(args) -> int:
     from ..experiments import patching
     from ..loading import load_model
 
     config = patching.Config(pairs=args.pairs, task_path=args.task, seed=args.seed, positions=tuple(args.positions),
-                             sites=tuple(_split(args.sites)), mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
+                             sites=tuple(split_list(args.sites)), mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
                              readout=args.readout, das_steps=args.das_steps, seeds=args.seeds,
                              split_by=args.split_by, random_directions=args.random_directions)
-    patching.check_config(config, _known_n_layers(args.model))  # fail before the model loads
+    patching.check_config(config, known_n_layers(args.model))  # fail before the model loads
     model = load_model(args.model)
     result = patching.run(model, config, out=args.out)
     r = result.report
