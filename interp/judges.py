@@ -462,3 +462,61 @@ def judge(prompts: Sequence[str], completions: Sequence[str], judge: "str | Judg
         ['compliance']
     """
     return get_judge(judge, **kwargs)(prompts, completions)
+
+
+# ------------------------------------------------------------------ measuring judges against hand labels
+
+def read_labels(path: str | Path) -> list[dict]:
+    """A labelled set: one JSON object per line with ``prompt``, ``completion`` and ``label`` (one of ``LABELS``).
+
+    Example:
+        rows = read_labels(DATA_DIR / "judge_labels.jsonl")   # interp.data.prompts.DATA_DIR
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InterpError(f"labelled set {path} does not exist; pass a JSON-lines file with prompt, completion "
+                          f"and label on each line")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise InterpError(f"{path}:{n} is not JSON ({e})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "completion",
+                                                                                       "label")):
+            raise InterpError(f"{path}:{n} needs string fields prompt, completion and label")
+        if row["label"] not in LABELS:
+            raise InterpError(f"{path}:{n} has label {row['label']!r}; labels are {', '.join(LABELS)}")
+        rows.append(row)
+    if not rows:
+        raise InterpError(f"labelled set {path} has no rows")
+    return rows
+
+
+def agreement(truth: Sequence[str], predicted: Sequence[str]) -> dict:
+    """Accuracy, Cohen's κ (scikit-learn) and the confusion matrix of predicted labels against true ones.
+
+    ``confusion[true][predicted]`` counts rows. κ is NaN when it is undefined (one label everywhere).
+
+    Example:
+        >>> a = agreement(["refusal", "compliance"], ["refusal", "refusal"])
+        >>> a["accuracy"], a["confusion"]["compliance"]["refusal"]
+        (0.5, 1)
+    """
+    import warnings
+
+    from sklearn.metrics import cohen_kappa_score
+
+    truth, predicted = list(truth), list(predicted)
+    if len(truth) != len(predicted) or not truth:
+        raise InterpError(f"{len(truth)} true labels but {len(predicted)} predicted; need the same non-zero count")
+    with warnings.catch_warnings():  # κ of constant labels is 0/0: reported as NaN, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        kappa = float(cohen_kappa_score(truth, predicted, labels=list(LABELS)))
+    confusion = {t: {p: 0 for p in LABELS} for t in LABELS}
+    for t, p in zip(truth, predicted):
+        confusion[t][p] += 1
+    return {"n": len(truth), "accuracy": sum(t == p for t, p in zip(truth, predicted)) / len(truth),
+            "kappa": kappa, "confusion": confusion}
