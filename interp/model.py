@@ -22,7 +22,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from .arch import HookFn, StopForward, count_hooks, find_layers, layout_for, register_hf_hook
+from .arch import HookFn, StopForward, count_hooks, find_layers, layout_for, register_site_hook
 from .errors import InterpError
 from .sites import Site, SiteLike, parse_site
 
@@ -78,7 +78,10 @@ class Model:
     # ----------------------------------------------------------------- basics
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """Where inputs go: the input embedding's device (its execution device on an accelerate-dispatched model)."""
+        from .offload import input_device
+
+        return input_device(self.hf)
 
     @property
     def fingerprint(self) -> str:
@@ -88,8 +91,10 @@ class Model:
             cfg = {k: v for k, v in self.hf.config.to_dict().items()
                    if not k.startswith("_") and k != "transformers_version"}
             h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-            with torch.no_grad():
-                for name, p in self.hf.state_dict().items():
+            from .offload import named_tensors
+
+            with torch.no_grad():  # offloaded weights are read from where accelerate keeps them
+                for name, p in named_tensors(self.hf):
                     flat = p.detach().flatten()
                     h.update(f"{name}{tuple(p.shape)}{flat.double().sum().item():.6e}"
                              f"{flat[:64].double().abs().sum().item():.6e}".encode())
@@ -97,10 +102,15 @@ class Model:
         return self._fingerprint
 
     def site_shape(self, site: SiteLike) -> tuple[int, ...]:
-        """Trailing shape of a site's tensor: (d,) or (heads, d_head) for attn_z."""
+        """Trailing shape of a site's tensor: (d,), (heads, d_head) for attn_z/attn_q, (kv_heads, d_head)
+        for attn_k/attn_v, (heads, -1) for attn_pattern (the key count depends on the input)."""
         s = parse_site(site, self.n_layers)
-        if s.name == "attn_z":
+        if s.name in ("attn_z", "attn_q"):
             return (self.n_heads, self.d_head)
+        if s.name in ("attn_k", "attn_v"):
+            return (getattr(self.config, "num_key_value_heads", None) or self.n_heads, self.d_head)
+        if s.name == "attn_pattern":
+            return (self.n_heads, -1)
         if s.name == "mlp_act":
             return (self.d_mlp,)
         return (self.d_model,)
@@ -221,7 +231,7 @@ class Model:
 
     # ------------------------------------------------------------------ hooks
     def _register(self, site: Site, fn: HookFn, prepend: bool = False) -> list:
-        return register_hf_hook(self._layers[site.layer], self._layout, site, fn, self.n_heads, prepend)
+        return register_site_hook(self, site, fn, prepend)
 
     def _block(self, layer: int) -> nn.Module:
         return self._layers[layer]
