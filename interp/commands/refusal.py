@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     p.add_argument("--no-filter", action="store_true", help="do not filter train/val prompts by the baseline")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per greedy completion (default 48)")
     p.add_argument("--seed", type=int, default=0, help="shuffling seed (default 0)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
+                   help="run once per seed (each another train/validation/held-out split) and report mean ± sd of "
+                   "the held-out numbers; each seed's report goes to OUT/seed_<s>")
     p.add_argument("--save-model", action="store_true",
                    help="also save the weight-orthogonalized model (save_pretrained) under --out")
     p.set_defaults(func=run)
@@ -91,7 +94,8 @@ def config(args):
     return Config(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
                   refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
                   top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max, induce_min=args.induce_min,
-                  max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens, save_model=args.save_model)
+                  max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens, save_model=args.save_model,
+                  seeds=getattr(args, "seeds", None))
 
 
 def run(args) -> int:
@@ -115,6 +119,12 @@ def run(args) -> int:
     print(f"refusal on held-out harmful: {ev['baseline_refusal']:.2f} -> ablated {ev['ablated_refusal']:.2f}, "
           f"-r {ev['minus_r_refusal']:.2f}; harmless: {ev['baseline_harmless_refusal']:.2f} -> +r "
           f"{ev['induced_refusal']:.2f}; CE change {ev['ce_delta']:+.4f} nats")
+    if "seeds" in r:
+        for name, summ in r["seeds"]["headlines"].items():
+            if summ["mean"] is not None:
+                print(f"  {name}: {summ['mean']:.3f} ± {summ['std']:.3f} over seeds {r['seeds']['seeds']}")
+        print(f"wrote {args.out}/report.json, report.html and one folder per seed (seed_<s>/direction.safetensors)")
+        return 0
     print(f"wrote {args.out}/direction.safetensors, report.json, report.html ({r['timing']['total_s']} s)")
     return 0
 

@@ -217,8 +217,21 @@ class Selection:
     mode: str = "pruned"
 
 
+def layer_cutoff(n_layers: int, max_layer_frac: float) -> int:
+    """The first layer the search drops: ``int(max_layer_frac · n_layers)``, as the official code does.
+
+    The official ``select_direction`` discards every layer ``>= int(n_layers * (1 - 0.2))``; a plain
+    ``layer < 0.8·L`` would keep layer 22 of 28 (22 < 22.4), which the paper's code excludes.
+
+    Example:
+        >>> layer_cutoff(28, 0.8), layer_cutoff(30, 0.8)
+        (22, 24)
+    """
+    return int(max_layer_frac * n_layers)
+
+
 def passes(s: Scores, layer: int, n_layers: int, kl_max: float, induce_min: float, max_layer_frac: float) -> bool:
-    return s.induce > induce_min and s.kl < kl_max and layer < max_layer_frac * n_layers
+    return s.induce > induce_min and s.kl < kl_max and layer < layer_cutoff(n_layers, max_layer_frac)
 
 
 def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: str = "pruned",
@@ -227,7 +240,7 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
     """Pick the candidate with the lowest bypass among those passing the filters.
 
     ``candidates`` is [layers, positions, d]. ``mode="exhaustive"`` scores
-    every candidate below ``max_layer_frac`` of the depth. ``mode="pruned"``
+    every candidate below ``layer_cutoff(n_layers, max_layer_frac)``. ``mode="pruned"``
     ranks them by the same three scores on the scorer's small proxy set,
     cheapest first: induce for every candidate (it runs only the blocks
     above the candidate's layer), then bypass and KL (one ablated forward)
@@ -242,10 +255,11 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
         raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
     n_layers, n_pos = candidates.shape[:2]
     # a zero difference (e.g. the embedding of identical template tokens) is no direction
-    pool = [(layer, p) for layer in range(n_layers) if layer < max_layer_frac * n_layers for p in range(n_pos)
+    pool = [(layer, p) for layer in range(layer_cutoff(n_layers, max_layer_frac)) for p in range(n_pos)
             if candidates[layer, p].norm() > 1e-6]
     if not pool:
-        raise InterpError(f"no candidate layer is below {max_layer_frac} of {n_layers} layers")
+        raise InterpError(f"no candidate layer is below int({max_layer_frac}·{n_layers}) = "
+                          f"{layer_cutoff(n_layers, max_layer_frac)}; raise max_layer_frac")
     scores: dict[tuple[int, int], Scores] = {}
     if mode == "pruned":
         order = _proxy_order(scorer, candidates, pool, scores, kl_max, induce_min)
@@ -275,7 +289,7 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
         misses = "; ".join(f"layer {k[0]} pos {k[1] - n_pos}: bypass {scores[k].bypass:.2f}, induce "
                            f"{scores[k].induce:.2f}, KL {scores[k].kl:.3f}" for k in near)
         raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
-                          f"{max_layer_frac}·{n_layers}) among {n_scored} scored; loosen them (kl_max, "
+                          f"int({max_layer_frac}·{n_layers}) = {layer_cutoff(n_layers, max_layer_frac)}) among {n_scored} scored; loosen them (kl_max, "
                           f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
     return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
 

@@ -40,9 +40,10 @@ from ..errors import InterpError
 from ..evaluation import REFUSAL_PHRASES, completion_ce, refusal_metric, refusal_score
 from ..generation import generate
 from ..interventions import Add, everywhere
+from ..protocol import Splits, protocol_block, seed_sweep
 from ..report import Headline, Result, Stopwatch, write_report
-from ._refusal_scoring import (REFUSAL_TOKENS, CandidateScorer, Scores, Selection, passes, refusal_token_ids,
-                               select_direction)
+from ._refusal_scoring import (REFUSAL_TOKENS, CandidateScorer, Scores, Selection, layer_cutoff, passes,
+                               refusal_token_ids, select_direction)
 
 __all__ = ["Config", "RefusalConfig", "RefusalResult", "run", "evaluate", "split_prompts", "baseline_metric",
            "filter_pool", "addition", "CandidateScorer", "Scores", "Selection", "select_direction",
@@ -69,6 +70,7 @@ class Config:
     max_new_tokens: int = 48  #: tokens per greedy completion in the evaluation
     examples: int = 4  #: completions shown in the report per condition
     save_model: bool = False  #: also write the weight-orthogonalized model (edits the model in place, at the end)
+    seeds: Sequence[int] | None = None  #: repeat split, search and evaluation per seed; headlines become mean ± spread
 
 
 #: The older name of ``Config`` (``interp.refusal.RefusalConfig`` before the experiments layer).
@@ -232,6 +234,15 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     from ..data import prompts as datasets
 
     cfg = config or Config()
+    if cfg.seeds:  # one full run per seed (another shuffle, so other train/validation/held-out prompts each)
+        seeds = [int(x) for x in cfg.seeds]
+        if len(set(seeds)) != len(seeds):
+            raise InterpError(f"seeds must be distinct integers, got {cfg.seeds}")
+        return seed_sweep(lambda m, c, o: run(m, c, o, harmful=harmful, harmless=harmless, harmful_eval=harmful_eval,
+                                             harmless_eval=harmless_eval, progress=progress),
+                          model, cfg, out, varies="prompt shuffle (train, validation and held-out prompts)",
+                          extra=lambda runs: {"chosen": {s: [r.report["chosen"]["layer"], r.report["chosen"]["position"]]
+                                                         for s, r in runs.items()}})
     sw = Stopwatch()
     refusal_ids = refusal_token_ids(model.tokenizer, cfg.refusal_tokens)
     if not model.has_chat_template:
@@ -300,7 +311,7 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     report = {
         "model": model.describe(), "config": asdict(cfg),
         "refusal_tokens": list(cfg.refusal_tokens), "refusal_token_ids": refusal_ids,
-        "filter": filter_counts, "filters": filters, "split_sizes": {k: len(v) for k, v in splits.items()},
+        "filter": filter_counts, "filters": dict(filters, layer_cutoff=layer_cutoff(n_layers, cfg.max_layer_frac)), "split_sizes": {k: len(v) for k, v in splits.items()},
         "post_instruction_tokens": post_tokens,
         "chosen": {"layer": selection.layer, "position": selection.position,
                    "position_token": post_tokens[selection.position], "bypass": chosen.bypass,
@@ -316,8 +327,19 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
         "examples": evaluation["examples"],
         "timing": timing,
     }
+    n = {k: len(v) for k, v in splits.items()}
+    protocol = protocol_block(
+        Splits(list(range(n["harmful_train"] + n["harmless_train"])), list(range(n["harmful_val"] + n["harmless_val"])),
+               list(range(n["harmful_eval"] + n["harmless_eval"])), "prompt", cfg.seed),
+        choices=f"layer × position candidate: the lowest validation bypass among candidates whose validation "
+                f"induce > {cfg.induce_min} and KL < {cfg.kl_max}, layer < int({cfg.max_layer_frac}·L) = "
+                f"{layer_cutoff(n_layers, cfg.max_layer_frac)} (the official code's cutoff)",
+        per_class={"train": n["harmful_train"], "val": n["harmful_val"], "test": n["harmful_eval"]},
+        test_only="held-out prompts, drawn from the shuffled pool before any filtering (so the baseline refusal "
+                  "rate is the model's own) and read once, for the evaluation")
+    report["protocol"] = protocol
     result = RefusalResult(
-        "refusal", report, figures=_figures(report), headlines=headlines(report["evaluation"]),
+        "refusal", report, figures=_figures(report), headlines=headlines(report["evaluation"]), protocol=protocol,
         conclusion=conclusion(report), config=cfg, timing=timing,
         artifacts=_artifacts(model, direction, selection, splits, cfg.save_model),
         tables={"Example completions": [{"condition": cond, **e} for cond, items in report["examples"].items()
@@ -332,8 +354,8 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
 
 def headlines(ev: dict) -> list[Headline]:
     """The held-out numbers a reader came for, beside this project's targets and the paper's."""
-    split = f"held-out eval (n={ev['n_harmful']} harmful)"
-    split_l = f"held-out eval (n={ev['n_harmless']} harmless)"
+    split = f"test: held-out eval (n={ev['n_harmful']} harmful)"
+    split_l = f"test: held-out eval (n={ev['n_harmless']} harmless)"
     return [
         Headline("harmful refused, baseline", ev["baseline_refusal"], split, paper=PAPER["baseline"]),
         Headline("harmful refused, r̂ ablated everywhere", ev["ablated_refusal"], split, target=TARGETS["ablated"],
