@@ -6,6 +6,8 @@ after attention and MLP), and gpt2. Adding an architecture means adding one
 """
 from __future__ import annotations
 
+import logging
+import weakref
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -36,13 +38,21 @@ class BlockLayout:
     post_norms: bool = False  # a norm follows the attention and MLP outputs (gemma): attn_out/mlp_out are its outputs
     norm_offset: float = 0.0  # the RMSNorm scales by (norm_offset + weight): gemma stores w and uses 1 + w
     position_embedding: str | None = None  # learned absolute position embedding, path from the HF model's root
+    attn: str = "self_attn"  # the attention module; under eager attention its output is (out, pattern)
+    attn_k: str = "self_attn.k_proj"  # key projection (fused_qkv: the same module as attn_q)
+    attn_v: str = "self_attn.v_proj"  # value projection
+    mlp_in_norm: str = "post_attention_layernorm"  # the norm in front of the MLP (its output is ln2)
+    final_norm: str = "norm"  # the final norm, an attribute of the module that holds the block list
+    fused_qkv: bool = False  # q, k and v come out of one projection, in that order (GPT-2's c_attn)
 
 
 LLAMA = BlockLayout("input_layernorm", "self_attn", "self_attn.o_proj", "mlp", "mlp.down_proj", "self_attn.q_proj")
 GEMMA = BlockLayout("input_layernorm", "post_attention_layernorm", "self_attn.o_proj",
-                    "post_feedforward_layernorm", "mlp.down_proj", "self_attn.q_proj", post_norms=True, norm_offset=1.0)
+                    "post_feedforward_layernorm", "mlp.down_proj", "self_attn.q_proj", post_norms=True, norm_offset=1.0,
+                    mlp_in_norm="pre_feedforward_layernorm")
 GPT2 = BlockLayout("ln_1", "attn", "attn.c_proj", "mlp", "mlp.c_proj", "attn.c_attn", conv1d=True,
-                   position_embedding="transformer.wpe")
+                   position_embedding="transformer.wpe", attn="attn", attn_k="attn.c_attn", attn_v="attn.c_attn",
+                   mlp_in_norm="ln_2", final_norm="ln_f", fused_qkv=True)
 
 LAYOUTS = {
     "llama": LLAMA, "qwen2": LLAMA, "qwen3": LLAMA, "mistral": LLAMA, "olmo2": LLAMA,
@@ -58,15 +68,31 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root
 
 
-def find_layers(model: nn.Module) -> nn.ModuleList:
+def _layers_path(model: nn.Module) -> str:
     for path in _LAYER_PATHS:
         try:
             layers = _get(model, path)
         except AttributeError:
             continue
         if isinstance(layers, nn.ModuleList):
-            return layers
+            return path
     raise InterpError(f"cannot find the decoder blocks of {type(model).__name__}; looked in {', '.join(_LAYER_PATHS)}")
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    return _get(model, _layers_path(model))
+
+
+def final_norm(model) -> nn.Module:
+    """The final norm of an interp ``Model`` (HF backend): the module whose output is ``ln_final``.
+
+    Example:
+        >>> from interp.testing import tiny_model
+        >>> type(final_norm(tiny_model("gpt2"))).__name__
+        'LayerNorm'
+    """
+    stack = _layers_path(model.hf).rsplit(".", 1)[0]
+    return module(model, None, f"{stack}.{layout(model).final_norm}")
 
 
 def layout_for(config) -> BlockLayout:
@@ -192,6 +218,118 @@ def _resid_mid_hooks(block: nn.Module, layout: BlockLayout, fn: HookFn, prepend:
         _get(block, layout.attn_in_norm).register_forward_pre_hook(remember, with_kwargs=True),
         _get(block, layout.attn_out).register_forward_hook(_output_hook(edit), prepend=prepend),
     ]
+
+
+_log = logging.getLogger("interp")
+# per HF model: [how many attn_pattern hooks want eager attention, the implementation to restore]
+_EAGER: "weakref.WeakKeyDictionary[nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+class _EagerHandle:
+    """Holds eager attention on for one attn_pattern hook; ``remove`` gives it back (counted, so
+    several pattern hooks restore the original implementation only when the last one goes)."""
+
+    def __init__(self, hf: nn.Module):
+        self.hf = hf
+        entry = _EAGER.setdefault(hf, [0, hf.config._attn_implementation])
+        if entry[0] == 0:
+            entry[1] = hf.config._attn_implementation
+            if entry[1] != "eager":
+                _log.info("interp: attention switched from %s to eager while attention patterns are hooked "
+                          "(sdpa/flash never materialize them); restored afterwards", entry[1])
+                hf.set_attn_implementation("eager")
+        entry[0] += 1
+        self.removed = False
+
+    def remove(self) -> None:
+        if self.removed:
+            return
+        self.removed = True
+        entry = _EAGER[self.hf]
+        entry[0] -= 1
+        if entry[0] == 0 and entry[1] != "eager":
+            self.hf.set_attn_implementation(entry[1])
+
+
+def _pattern_hook(fn: HookFn, site: Site):
+    def hook(module, args, out):
+        w = out[1] if isinstance(out, tuple) and len(out) > 1 else None
+        if not isinstance(w, torch.Tensor):
+            raise InterpError(f"{site}: the attention returned no pattern (its implementation does not materialize "
+                              f"one); load the model with attn_implementation='eager'")
+        y = fn(w)
+        if y is not None and y is not w:
+            raise InterpError(f"{site} is read-only: the attention output is computed inside the attention "
+                              f"function, so an edited pattern would not flow on; edit attn_q/attn_k/attn_v or "
+                              f"attn_z instead")
+        return None
+    return hook
+
+
+def _qkv_hook(fn: HookFn, heads: int, span: tuple[int, int] | None):
+    """An output hook on a q/k/v projection handing ``fn`` [.., heads, d_head]; with ``span`` =
+    (offset, width) the projection is fused (GPT-2's c_attn) and this site is those columns."""
+
+    def edit(y: torch.Tensor):
+        part = y if span is None else y[..., span[0]:span[0] + span[1]]
+        new = fn(part.unflatten(-1, (heads, -1)))
+        if new is None:
+            return None
+        new = new.flatten(-2)
+        if span is None:
+            return new
+        return torch.cat([y[..., :span[0]], new, y[..., span[0] + span[1]:]], dim=-1)
+    return _output_hook(edit)
+
+
+def register_site_hook(model, site: Site, fn: HookFn, prepend: bool = False) -> list:
+    """Register ``fn`` at any site of an interp ``Model`` (HF backend); return the handles.
+
+    Besides ``register_hf_hook``'s sites: ``embed`` / ``pos_embed`` (embedding module outputs),
+    ``ln1`` / ``ln2`` / ``ln_final`` (norm outputs, weight applied), ``attn_q`` / ``attn_k`` /
+    ``attn_v`` (projection outputs as [.., heads, d_head]; k and v per KV head under GQA) and
+    ``attn_pattern`` ([batch, heads, query, key], read-only). Hooking ``attn_pattern`` switches the
+    model to eager attention until the returned handle is removed, since sdpa and flash attention
+    never form the pattern.
+
+    Example:
+        >>> from interp.testing import tiny_model
+        >>> m = tiny_model("gpt2")
+        >>> hs = register_site_hook(m, Site("embed", None), lambda x: None)
+        >>> for h in hs: h.remove()
+    """
+    lay = layout(model)
+    name = site.name
+    kw = {"prepend": prepend}
+    if site.layer is None:
+        if name == "embed":
+            mod = model.hf.get_input_embeddings()
+        elif name == "pos_embed":
+            if lay.position_embedding is None:
+                raise InterpError(f"{model.architecture} has no learned position embedding (its positions are rotary, "
+                                  f"applied to q and k inside attention), so there is no pos_embed site; use embed")
+            mod = module(model, None, lay.position_embedding)
+        elif name == "ln_final":
+            mod = final_norm(model)
+        else:
+            raise InterpError(f"no hook for site {site}")
+        return [mod.register_forward_hook(_output_hook(fn), **kw)]
+    block = blocks(model)[site.layer]
+    if name in ("ln1", "ln2"):
+        path = lay.attn_in_norm if name == "ln1" else lay.mlp_in_norm
+        return [_get(block, path).register_forward_hook(_output_hook(fn), **kw)]
+    if name in ("attn_q", "attn_k", "attn_v"):
+        heads = model.n_heads if name == "attn_q" else model.site_shape(site)[0]
+        path = {"attn_q": lay.attn_q, "attn_k": lay.attn_k, "attn_v": lay.attn_v}[name]
+        span = None
+        if lay.fused_qkv:
+            width = model.n_heads * model.d_head
+            span = ({"attn_q": 0, "attn_k": width, "attn_v": 2 * width}[name], width)
+        return [_get(block, path).register_forward_hook(_qkv_hook(fn, heads, span), **kw)]
+    if name == "attn_pattern":
+        handle = _get(block, lay.attn).register_forward_hook(_pattern_hook(fn, site), **kw)
+        return [handle, _EagerHandle(model.hf)]
+    return register_hf_hook(block, lay, site, fn, model.n_heads, prepend)
 
 
 def count_hooks(model: nn.Module) -> int:

@@ -32,17 +32,30 @@ from .errors import InterpError
 from .activations import prompt_hash
 from .arch import StopForward
 from .positions import describe, pack, resolve_positions
-from .sites import Site, SiteLike, expand_sites, parse_site
+from .sites import Site, SiteLike, expand_sites, parse_site, site_depth
 
 
-def _reader(key: str, out: dict, state: dict, dtype: torch.dtype):
+def _reader(key: str, out: dict, state: dict, dtype: torch.dtype, pattern: bool = False):
     def read(x: torch.Tensor):
         rows, idx = state["rows"], state["idx"]
+        if pattern:  # [batch, heads, query, key]: pick query rows like any site, keys come along
+            x = x.transpose(1, 2)
         batch = torch.arange(idx.shape[0], device=x.device)[:, None]
         picked = x[batch, idx.to(x.device)].detach().to("cpu", dtype)
-        out[key][rows] = picked
+        if pattern:
+            # keys move from padded columns to each prompt's own token indices (key j = token j)
+            for b, (r, pad) in enumerate(zip(rows.tolist(), state["pad"])):
+                out[key][r, ..., :picked.shape[-1] - pad] = picked[b, ..., pad:]
+        else:
+            out[key][rows] = picked
         return None
     return read
+
+
+def _shape(model, site: Site, max_len: int) -> tuple[int, ...]:
+    """A site's trailing shape in a capture: an attention pattern has one key per token of the longest prompt."""
+    shape = model.site_shape(site)
+    return (shape[0], max_len) if site.name == "attn_pattern" else shape
 
 
 def check_finite(tensors: dict[str, torch.Tensor], mask: torch.Tensor, offset: int = 0) -> None:
@@ -59,7 +72,11 @@ def check_finite(tensors: dict[str, torch.Tensor], mask: torch.Tensor, offset: i
 def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: bool = True,
             system: str | None = None, batch_size: int = 8, dtype: torch.dtype = torch.float32,
             progress: bool = True, encoded=None) -> Activations:
-    """Capture activations; see ``Model.capture`` for the arguments."""
+    """Capture activations; see ``Model.capture`` for the arguments.
+
+    An ``attn_pattern`` site comes back as [examples, positions, heads, max_len]: each selected query
+    position's attention over its prompt's own tokens (key j is token j; zero past the prompt's end).
+    """
     if batch_size < 1:
         raise InterpError(f"batch_size must be >= 1, got {batch_size}")
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -70,11 +87,12 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     per_prompt = resolve_positions(positions, enc.lengths, enc.spans)
     idx, mask = pack(per_prompt)
     n, width = idx.shape
-    out = {str(s): torch.zeros((n, width) + model.site_shape(s), dtype=dtype) for s in site_list}
+    max_len = max(enc.lengths)
+    out = {str(s): torch.zeros((n, width) + _shape(model, s, max_len), dtype=dtype) for s in site_list}
     state: dict = {}
-    readers = {s: _reader(str(s), out, state, dtype) for s in site_list}
+    readers = {s: _reader(str(s), out, state, dtype, s.name == "attn_pattern") for s in site_list}
     order = sorted(range(n), key=lambda i: enc.lengths[i])
-    deepest = max(s.layer for s in site_list)
+    deepest = max(site_depth(s, model.n_layers) for s in site_list)
     t0 = time.time()
     with model.hooks(readers, stop_after_layer=deepest), torch.no_grad():
         bar = tqdm(range(0, n, batch_size), desc="capture", unit="batch", disable=not progress or n <= batch_size)
@@ -84,6 +102,7 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
             width_b = batch["input_ids"].shape[1]
             offsets = torch.tensor([width_b - enc.lengths[i] for i in rows])[:, None]
             state["rows"] = torch.tensor(rows)
+            state["pad"] = offsets[:, 0].tolist()
             state["idx"] = idx[rows] + offsets  # padded coordinates
             try:
                 model._forward(batch)
@@ -135,8 +154,9 @@ class Cache:
     """What ``run_with_cache`` returns: activations at every position of one padded batch.
 
     ``acts[site]`` is [batch, seq, ...] in padded coordinates (left padding; ``attention_mask`` says
-    which columns are real), ``logits`` [batch, seq, vocab] or None. Index it by site name, tuple or
-    TransformerLens name: ``cache["blocks.3.hook_resid_pre"]``.
+    which columns are real), except ``attn_pattern`` sites: [batch, heads, query, key], as in
+    TransformerLens. ``logits`` is [batch, seq, vocab] or None. Index it by site name, tuple or
+    TransformerLens name: ``cache["blocks.3.hook_resid_pre"]``, ``cache["hook_embed"]``.
     """
 
     acts: dict[str, torch.Tensor]
@@ -191,15 +211,16 @@ def run_with_cache(model, inputs: Sequence[str] | Mapping[str, torch.Tensor], si
         if logits:
             out_logits = model._forward(batch, logits=True)
         else:
-            deepest = max(s.layer for s in site_list)
+            deepest = max(site_depth(s, model.n_layers) for s in site_list)
             try:
                 with model.hooks({}, stop_after_layer=deepest):
                     model._forward(batch)
             except StopForward:
                 pass
+    mask = batch["attention_mask"].bool()
     for key, t in rec.items():
         if requires_grad and t.requires_grad:
             t.retain_grad()
-        elif not torch.isfinite(t[batch["attention_mask"].bool()]).all():
+        elif not torch.isfinite((t.transpose(1, 2) if "attn_pattern" in key else t)[mask]).all():
             raise InterpError(f"non-finite activations (NaN/inf) at {key}: check the model weights and dtype")
     return Cache(rec, out_logits, batch["input_ids"], batch["attention_mask"], model.n_layers)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Mapping, Union
 import torch
 
 from .errors import InterpError
-from .interventions import Context, Intervention, Lambda
+from .interventions import Context, Intervention, Lambda, Record
 from .sites import SiteLike, parse_site
 
 InterventionLike = Union[Intervention, Callable]
@@ -72,6 +72,10 @@ def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iter
             if not callable(iv):
                 raise InterpError(f"intervention at {site} must be an Intervention or a callable fn(x, ctx)")
             iv = Lambda(iv)
+        if site.name == "attn_pattern" and not isinstance(iv, Record):
+            raise InterpError(f"{site} is read-only (the attention output is formed inside the attention "
+                              f"function): only Record() can sit there; to change attention, edit attn_q, attn_k, "
+                              f"attn_v or attn_z")
         iv.check(model.site_shape(site), str(site))
 
         def fn(x, iv=iv):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .arch import HookFn
+from .arch import HookFn, layout_for
 from .errors import InterpError
 from .model import Model
 from .sites import Site
@@ -42,12 +42,14 @@ class TLModel(Model):
         if point is None:
             raise InterpError(f"the TransformerLens bridge has no hook point {site.tl_name}")
 
-        flat_z = site.name == "attn_z"
+        if site.name == "pos_embed" and layout_for(self.config).position_embedding is None:
+            raise InterpError(f"{self.architecture} has no learned position embedding (rotary), so no pos_embed site")
+        # the bridge may hand hook_z / hook_q / hook_k / hook_v flat [.., heads * d_head]; show heads
+        heads = self.site_shape(site)[0] if site.name in ("attn_z", "attn_q", "attn_k", "attn_v") else None
 
         def hook(module, args, out):
-            # the bridge's hook_z is the output projection's flat input; show heads
-            if flat_z and out.dim() == 3:
-                y = fn(out.unflatten(-1, (self.n_heads, self.d_head)))
+            if heads and out.dim() == 3:
+                y = fn(out.unflatten(-1, (heads, self.d_head)))
                 return None if y is None else y.flatten(-2)
             return fn(out)
 
