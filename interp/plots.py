@@ -447,3 +447,44 @@ def separation_per_layer(rows: Sequence[Mapping], where: str = "resid_post, last
                                        title=f"Probe accuracy per layer ({where})", yaxis="accuracy"),
             "dprime": layer_lines({"d'": [r["dprime"] for r in rows]}, title="d' along the difference of means",
                                   yaxis="d'")}
+
+
+# --- contrastive steering ---
+
+def steering_sweep(rows: Sequence[Mapping], title: str = "Steering strength sweep") -> go.Figure:
+    """Behaviour and cost per steering strength (``report["test_sweep"]`` of the steering experiment): reply
+    rates and the answer margin on the left, the prose cross-entropy increase on the right."""
+    from plotly.subplots import make_subplots
+
+    xs = [r["strength"] for r in rows]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("behaviour", "cost"), specs=[[{"secondary_y": True}, {}]])
+    for key, name in (("positive_rate", "replies opening with the positive answer"),
+                      ("negative_rate", "replies opening with the negative answer"),
+                      ("prefers_positive", "pairs where p(positive) > p(negative)")):
+        if all(key in r for r in rows):
+            fig.add_trace(go.Scatter(x=xs, y=[r[key] for r in rows], mode="lines+markers", name=name), 1, 1)
+    fig.add_trace(go.Scatter(x=xs, y=[r["margin"] for r in rows], mode="lines+markers", line={"dash": "dot"},
+                             name="answer margin (nats, right axis)"), 1, 1, secondary_y=True)
+    fig.add_trace(go.Scatter(x=xs, y=[r["ce_increase"] for r in rows], mode="lines+markers",
+                             name="prose CE increase (nats/token)"), 1, 2)
+    fig.update_xaxes(title_text="strength (× mean difference)")
+    fig.update_yaxes(title_text="fraction", range=[-0.05, 1.05], row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="log p(pos) − log p(neg)", row=1, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="Δ cross-entropy", row=1, col=2)
+    fig.update_layout(title=title, template="plotly_white", legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def steering_layers(grid: Sequence[Mapping]) -> go.Figure:
+    """Validation margin gain against strength, one line per candidate layer (``report["validation_grid"]``);
+    hover shows the cross-entropy cost."""
+    fig = go.Figure()
+    for layer in sorted({r["layer"] for r in grid}):
+        pts = sorted((r for r in grid if r["layer"] == layer), key=lambda r: r["strength"])
+        fig.add_trace(go.Scatter(x=[r["strength"] for r in pts], y=[r.get("margin_gain", r["margin"]) for r in pts],
+                                 mode="lines+markers", name=f"layer {layer}",
+                                 customdata=[r["ce_increase"] for r in pts],
+                                 hovertemplate="strength %{x}<br>margin gain %{y:.2f}<br>CE +%{customdata:.3f}"))
+    fig.update_layout(title="Validation: answer-margin gain per layer and strength", xaxis_title="strength",
+                      yaxis_title="margin gain (nats)", template="plotly_white")
+    return fig
