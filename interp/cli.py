@@ -14,7 +14,7 @@ import sys
 from .errors import InterpError
 
 # modules under interp.commands that register subcommands, in --help order
-COMMANDS = ["models", "capture", "demo", "refusal", "harmfulness", "separation", "illusion", "rank", "sae", "chat", "bench", "numeric", "binding", "judge_check"]
+COMMANDS = ["models", "capture", "demo", "refusal", "harmfulness", "separation", "illusion", "rank", "sae", "chat", "bench", "numeric", "binding", "judge_check", "steer", "lens"]
 
 
 def build_parser() -> argparse.ArgumentParser:
