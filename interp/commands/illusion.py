@@ -24,7 +24,14 @@ def add_parser(sub) -> None:
                        "illusion checks on them. Writes report.json and report.html.")
     q.add_argument("model", metavar="MODEL", help="packaged model name, .gguf file, local folder or hub id")
     q.add_argument("--task", default=None, help="task JSON with names and templates (default: data/ioi_task.json)")
-    q.add_argument("--out", required=True, help="output folder")
+    q.add_argument("--out", default=None, help="output folder (required by the default sweep method)")
+    q.add_argument("--method", choices=["sweep", "attribution"], default="sweep",
+                   help="'sweep' (default): activation patching, DAS and the illusion checks; 'attribution': "
+                   "attribution patching (AtP) estimates of every site's patching effect beside the real sweep on "
+                   "the same pairs, with their Spearman correlation and the speed-up (interp.attribution)")
+    q.add_argument("--graddrop", action="store_true",
+                   help="attribution only: also AtP*'s GradDrop estimate (one more forward and backward per layer)")
+    q.add_argument("--json", action="store_true", help="attribution only: print the comparison as one JSON object")
     q.add_argument("--pairs", type=int, default=32,
                    help="clean/corrupted pairs over train (1/2), validation (1/4) and test (1/4) (default 32)")
     q.add_argument("--positions", nargs="+", type=int, default=[-1, -2, -3, -4, -5],
@@ -70,8 +77,16 @@ def run(args) -> int:
 
 
 def run_patch(args) -> int:
+    from ..errors import InterpError
     from ..experiments import patching
     from ..loading import load_model
+
+    if args.method == "attribution":
+        return _run_attribution(args)
+    if args.out is None:
+        raise InterpError("the sweep method writes a report: pass --out FOLDER (or use --method attribution)")
+    if args.graddrop or args.json:
+        raise InterpError("--graddrop and --json go with --method attribution")
 
     config = patching.Config(pairs=args.pairs, task_path=args.task, seed=args.seed, positions=tuple(args.positions),
                              sites=tuple(split_list(args.sites)), mlp_layer=args.mlp_layer, resid_layer=args.resid_layer,
@@ -102,4 +117,55 @@ def run_patch(args) -> int:
             if isinstance(h.value, float):
                 print(f"{h.name}: {h.value:.3f} {h.note} [{h.split}]")
     print(f"wrote {args.out}/report.json and report.html")
+    return 0
+
+
+def _run_attribution(args) -> int:
+    """AtP beside the activation-patching sweep on IOI pairs (all --pairs, no split: nothing is chosen)."""
+    from .. import plots
+    from ..attribution import compare_with_patching
+    from ..data.ioi import ioi_task
+    from ..errors import InterpError
+    from ..loading import load_model
+    from ..report import Headline, Result, write_report
+    from ..sites import SITE_NAMES
+
+    sites = tuple(split_list(args.sites))
+    if args.seeds is not None:
+        raise InterpError("--seeds goes with the sweep method; run --method attribution once per --seed")
+    bad = [x for x in sites if x not in SITE_NAMES]
+    if bad:
+        raise InterpError(f"unknown site(s) {bad}; use names from {', '.join(SITE_NAMES)}")
+    if args.pairs < 1 or any(p >= 0 for p in args.positions):
+        raise InterpError(f"need --pairs >= 1 and negative --positions (-1 = last token), got {args.pairs} and "
+                          f"{args.positions}")
+    known_n_layers(args.model)  # an unknown model fails here, before loading
+    model = load_model(args.model)
+    task = ioi_task(model, n=args.pairs, seed=args.seed, path=args.task)
+    report = compare_with_patching(model, task, sites, positions=args.positions, graddrop=args.graddrop,
+                                   progress=not args.json)
+    report["model"] = model.describe()
+    rho = report["spearman_vs_activation_patching"]
+    if args.out is not None:
+        figs = {f"AtP {k}": v for k, v in plots.patching_heatmaps(report["attribution"]).items()}
+        figs.update(plots.patching_heatmaps(report["activation_patching"]))
+        split = f"IOI pairs (n={report['n_pairs']}, seed {args.seed})"
+        heads = [Headline(f"Spearman of AtP vs activation patching, {k}", v, split,
+                          target=">= 0.7 at the residual stream" if k == "resid_pre" else None) for k, v in rho.items()]
+        heads.append(Headline("speed-up of AtP over the sweep (wall time)", report["speedup"], split,
+                              target=">= 10x"))
+        write_report(Result("attribution", report, figures=figs, headlines=heads, timing=report["seconds"],
+                            title=f"Attribution patching vs activation patching: {model.name}"), args.out, model=model)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    s = report["seconds"]
+    print(f"{report['n_pairs']} IOI pairs; AtP {s['attribution']:.2f} s, activation patching sweep "
+          f"{s['activation_patching']:.2f} s: speed-up {report['speedup']:.1f}x")
+    print("Spearman of AtP vs activation patching: " + ", ".join(f"{k} {v:.3f}" for k, v in rho.items()))
+    if "spearman_graddrop_vs_abs_activation_patching" in report:
+        print("GradDrop (unsigned) vs |activation patching|: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in report["spearman_graddrop_vs_abs_activation_patching"].items()))
+    if args.out is not None:
+        print(f"wrote {args.out}/report.json and report.html")
     return 0
