@@ -105,19 +105,32 @@ def _check_device(device) -> None:
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype: torch.dtype = torch.float32,
                device: str | torch.device | None = None, device_map=None, trust_remote_code: bool = False,
-               attn_implementation: str | None = None, progress: bool = True) -> Model:
+               attn_implementation: str | None = None, progress: bool = True, remote: bool | str = False) -> Model:
     """Load a model for capture and intervention.
 
     ``name_or_path`` is a packaged model name (see ``interp models``), a
     ``.gguf`` file, a local transformers folder or a Hugging Face hub id.
     ``dtype``, ``device`` and ``device_map`` pass through to transformers
     (``device_map="auto"`` for multi-GPU). ``backend="transformer_lens"``
-    wraps the same weights in a TransformerLens ``TransformerBridge``.
+    wraps the same weights in a TransformerLens ``TransformerBridge``;
+    ``backend="nnsight"`` runs every forward as an nnsight trace, with
+    ``remote=True`` on an NDIF server (a hub id; API key and network needed,
+    see ``interp.nnsight_backend``) or ``remote="local"`` as nnsight's dry run.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if backend not in ("hf", "transformer_lens"):
-        raise InterpError(f"unknown backend {backend!r}; use 'hf' or 'transformer_lens'")
+    if backend not in ("hf", "transformer_lens", "nnsight"):
+        raise InterpError(f"unknown backend {backend!r}; use 'hf', 'transformer_lens' or 'nnsight'")
+    if remote not in (False, True, "local") or (remote and backend != "nnsight"):
+        raise InterpError(f"remote={remote!r}: remote execution is remote=True (NDIF) or 'local' (nnsight's dry run), "
+                          f"with backend='nnsight'")
+    if remote is True:
+        from .nnsight_backend import load_remote
+
+        if name_or_path in PACKAGED or Path(str(name_or_path)).expanduser().exists():
+            raise InterpError(f"{name_or_path!r} is local; remote execution runs a Hugging Face hub model that NDIF "
+                              f"hosts: pass its hub id (e.g. 'meta-llama/Llama-3.1-8B-Instruct')")
+        return load_remote(name_or_path, trust_remote_code=trust_remote_code)
     if device is not None and device_map is not None:
         raise InterpError("pass either device or device_map, not both")
     _check_device(device)
@@ -167,4 +180,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
         from .tl_backend import TLModel
 
         return TLModel.from_hf(hf, tokenizer, name, source)
+    if backend == "nnsight":
+        from .nnsight_backend import NNsightModel
+
+        return NNsightModel.from_hf(hf, tokenizer, name, source, remote=remote)
     return Model(hf, tokenizer, name, source)
