@@ -488,3 +488,55 @@ def steering_layers(grid: Sequence[Mapping]) -> go.Figure:
     fig.update_layout(title="Validation: answer-margin gain per layer and strength", xaxis_title="strength",
                       yaxis_title="margin gain (nats)", template="plotly_white")
     return fig
+
+
+# --- logit lens ---
+
+def lens_heatmap(lens, tokenizer, prompt: int = 0, value: str = "prob", view: str | None = None) -> go.Figure:
+    """Logit-lens heatmap for one prompt of a ``LensResult`` (``interp.lens.logit_lens``).
+
+    ``view="positions"``: layers × the prompt's positions, each cell labelled with that layer's top
+    token; ``view="top_k"``: layers × the top-k tokens at the last analysed position. The default is
+    positions when the lens covers several positions. ``value`` (positions view; the top-k view always
+    shows probabilities): ``prob`` (top-token probability), ``target_prob``, ``target_rank`` (log10
+    scale) or ``kl`` (KL to the final layer, nats).
+
+    Example:
+        >>> from interp.testing import tiny_model
+        >>> from interp.lens import logit_lens
+        >>> m = tiny_model()
+        >>> lens_heatmap(logit_lens(m, ["hi there"], chat=False, progress=False), m.tokenizer).data[0].type
+        'heatmap'
+    """
+    from .errors import InterpError
+
+    if not 0 <= prompt < len(lens.prompts):
+        raise InterpError(f"prompt {prompt} out of range: the lens has {len(lens.prompts)} prompts")
+    values = {"prob": lens.top_probs[..., 0], "target_prob": lens.target_prob, "kl": lens.kl_to_final,
+              "target_rank": lens.target_rank.float().add(1).log10()}
+    if value not in values:
+        raise InterpError(f"value must be one of {', '.join(values)}, got {value!r}")
+    cols = [int(j) for j in lens.mask[prompt].nonzero()[:, 0]]
+    view = view or ("positions" if len(cols) > 1 else "top_k")
+    ylabels = [f"L{x}" for x in lens.layers]
+    if view == "positions":
+        toks = lens.input_tokens[prompt]
+        xlabels = [f"{j}:{toks[j]!r}" if lens.positions == "all" else f"last:{toks[-1]!r}" for j in cols]
+        z = values[value][:, prompt, cols].tolist()
+        text = [[tokenizer.decode([int(t)]) for t in row] for row in lens.top_ids[:, prompt, cols, 0]]
+        title = f"Logit lens: top token per layer and position ({value})"
+    elif view == "top_k":
+        j = cols[-1]
+        k = lens.top_ids.shape[-1]
+        xlabels = [f"#{r + 1}" for r in range(k)]
+        z = lens.top_probs[:, prompt, j].tolist()
+        text = [[tokenizer.decode([int(t)]) for t in row] for row in lens.top_ids[:, prompt, j]]
+        title = "Logit lens: top tokens per layer (probability)"
+    else:
+        raise InterpError(f"view must be 'positions' or 'top_k', got {view!r}")
+    fig = go.Figure(go.Heatmap(z=z, x=xlabels, y=ylabels, text=text, texttemplate="%{text}",
+                               colorscale="Blues" if value != "kl" else "Reds",
+                               colorbar={"title": "log10(rank+1)" if value == "target_rank" else value}))
+    fig.update_layout(title=title, xaxis_title="position" if view == "positions" else "rank",
+                      yaxis_title="layer", template="plotly_white")
+    return fig
