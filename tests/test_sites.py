@@ -281,3 +281,34 @@ def test_capture_new_sites_at_positions(tiny):
         assert torch.allclose(p[i, 0, :, :n], c["attn_pattern.1"][i, :, -1, -n:], atol=1e-5)
         assert p[i, 0, :, n:].abs().sum() == 0
     assert torch.allclose(p.sum(-1), torch.ones(len(PROMPTS), 1, tiny.n_heads), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_new_sites_agree_with_transformer_lens_bridge(smollm):
+    """smollm2 (sdpa, switched to eager for the pattern) against the TransformerLens bridge's own hook points.
+
+    Measured: embed, q, k, v, pattern and logits identical (0.0); the bridge's ``hook_normalized`` comes
+    before the norm weight, so ours equals it times the weight (measured 0.0 for ln1, ln2 and ln_final).
+    """
+    import interp
+
+    tl = interp.load_model("smollm2-135m-instruct", backend="transformer_lens", progress=False)
+    prompts = ["The capital of France is", "Hello"]
+    sites = ["hook_embed", "ln1.3", "ln2.3", "attn_q.3", "attn_k.3", "attn_v.3", "attn_pattern.3", "ln_final"]
+    assert smollm.hf.config._attn_implementation == "sdpa"
+    a = smollm.run_with_cache(prompts, sites, chat=False)
+    assert smollm.hf.config._attn_implementation == "sdpa"  # restored
+    b = tl.run_with_cache(prompts, sites, chat=False)
+    m = a.attention_mask.bool()
+    assert a["attn_k.3"].shape[-2] == smollm.config.num_key_value_heads == 3  # per KV head, as the bridge
+    for key in ["embed", "attn_q.3", "attn_k.3", "attn_v.3"]:
+        assert a.acts[key].shape == b.acts[key].shape
+        assert (a.acts[key][m] - b.acts[key][m]).abs().max() <= 1e-5, key
+    pa, pb = a["attn_pattern.3"].transpose(1, 2)[m], b["attn_pattern.3"].transpose(1, 2)[m]
+    assert (pa - pb).abs().max() <= 1e-5
+    lay = arch.layout(smollm)
+    weights = {"ln1.3": arch.module(smollm, 3, lay.attn_in_norm).weight,
+               "ln2.3": arch.module(smollm, 3, lay.mlp_in_norm).weight, "ln_final": arch.final_norm(smollm).weight}
+    for key, w in weights.items():
+        assert (a.acts[key][m] - (b.acts[key] * w.detach())[m]).abs().max() <= 1e-4, key
+    assert (a.logits[m] - b.logits[m]).abs().max() <= 1e-3
