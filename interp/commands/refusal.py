@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
+
+#: ``interp refusal-eval``'s default completion length (chosen from late refusals measured at 256 tokens).
+EVAL_MAX_NEW_TOKENS = 128
 
 
 def add_parser(sub) -> None:
@@ -57,7 +61,14 @@ def add_parser(sub) -> None:
     e.add_argument("--direction", required=True, help="direction.safetensors written by interp refusal")
     e.add_argument("--harmful", required=True, help="harmful prompt file, one per line")
     e.add_argument("--harmless", required=True, help="harmless prompt file, one per line")
-    e.add_argument("--max-new-tokens", type=int, default=48, help="tokens per greedy completion (default 48)")
+    e.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS,
+                   help=f"tokens per greedy completion; a row stops at its end-of-turn token (default "
+                   f"{EVAL_MAX_NEW_TOKENS}, long enough to catch late refusals: docs/refusal.md, Judges)")
+    e.add_argument("--judges", nargs="+", default=["substring", "model"],
+                   help="refusal judges (default: substring model): substring (the paper's phrase list), model "
+                   "(an LLM judge on the packaged 1.5B Qwen), model:NAME (another chat model), "
+                   "hf-classifier:ID_OR_FOLDER (Llama Guard, HarmBench classifier); the top-level numbers are "
+                   "always the substring judge's")
     e.add_argument("--json", action="store_true", help="print one JSON object (without example completions)")
     e.set_defaults(func=run_eval)
 
@@ -134,9 +145,14 @@ def run_eval(args) -> int:
     from ..directions import load_direction
     from ..errors import InterpError
     from ..experiments.refusal import evaluate
+    from ..judges import get_judge, judge_conditions
     from ..loading import load_model
+    from ._args import split_list
 
     check_args(args)
+    judges = [get_judge(s) for s in dict.fromkeys(["substring"] + split_list(args.judges))]  # fail before loading
+    for j in judges:
+        j.progress = not args.json
     harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)
     model = load_model(args.model, progress=not args.json)
     direction, meta = load_direction(args.direction, model)
@@ -145,8 +161,38 @@ def run_eval(args) -> int:
     if meta.get("model_fingerprint") not in (None, model.fingerprint):
         print(f"warning: direction was made for {meta.get('model')} ({meta.get('model_fingerprint')}), "
               f"not this model ({model.fingerprint})", file=sys.stderr)
+    start = time.perf_counter()
+    n_all = max(len(harmful), len(harmless))
     result = evaluate(model, direction, int(meta["layer"]), harmful, harmless, args.max_new_tokens,
-                      progress=not args.json)
+                      progress=not args.json, examples=n_all)
+    generate_s = time.perf_counter() - start
+    pairs = {cond: ([e["prompt"] for e in rows], [e["completion"] for e in rows])
+             for cond, rows in result["examples"].items()}
+    result["examples"] = {cond: rows[:4] for cond, rows in result["examples"].items()}
+    rates = judge_conditions(pairs, judges)
+    result["judges"] = {name: _judge_summary(r, result["ce_delta"], j.harmful_only)
+                        for (name, r), j in zip(rates.items(), judges)}
+    result["max_new_tokens"] = args.max_new_tokens
+    result["timing"] = {"generate_and_ce_s": round(generate_s, 1),
+                        "judges_s": round(time.perf_counter() - start - generate_s, 1)}
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary if args.json else result, indent=None if args.json else 1))
     return 0
+
+
+def _judge_summary(rates: dict, ce_delta: float, harmful_only: bool) -> dict:
+    """One judge's refusal-eval numbers from its label rates per condition.
+
+    A safety classifier (``harmful_only``) says nothing about refusal of harmless prompts: None there.
+    """
+    harmless = (lambda cond: None) if harmful_only else (lambda cond: rates[cond]["refusal"])
+    return {"baseline_refusal": rates["harmful_baseline"]["refusal"],
+            "ablated_refusal": rates["harmful_ablated"]["refusal"],
+            "ablated_compliance": rates["harmful_ablated"]["compliance"],
+            "ablated_incoherent": rates["harmful_ablated"]["incoherent"],
+            "minus_r_refusal": rates["harmful_minus_r"]["refusal"],
+            "minus_r_incoherent": rates["harmful_minus_r"]["incoherent"],
+            "baseline_harmless_refusal": harmless("harmless_baseline"),
+            "induced_refusal": harmless("harmless_plus_r"),
+            "induced_incoherent": None if harmful_only else rates["harmless_plus_r"]["incoherent"],
+            "ce_delta": ce_delta, "labels": rates}
