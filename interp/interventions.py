@@ -523,3 +523,177 @@ class AddPerPrompt(Intervention):
     def edit(self, x, ctx):
         rows = ctx.row_ids(self.vectors.shape[0], "vector")
         return x + self.vectors.to(x.device, x.dtype)[rows][:, None]
+
+
+# --- added for SAE interop (issue 21): an SAELens SAE as interventions ---
+class SAEView:
+    """How an SAE reads and writes one site's tensor: its layout, head and dtype.
+
+    ``sae`` is a ``sae_lens`` SAE (or anything with ``encode``, ``decode``,
+    ``W_dec`` [d_sae, d_in] and ``cfg.d_in``/``cfg.d_sae``). A per-head site
+    ([.., heads, d_head], ``attn_z``) is read whole (flattened heads, SAELens'
+    ``hook_z`` layout) or, with ``head`` (SAELens' ``hook_head_index``, taken
+    from the SAE's metadata when not given), one head only. Inputs are cast to
+    the SAE's dtype; outputs back to the site's.
+
+    Example:
+        view = SAEView(sae)
+        feats = view.encode(x)                 # [batch, seq, d_sae]
+        x_hat = view.write(x, view.decode(feats, x))
+    """
+
+    def __init__(self, sae, head: int | None = None):
+        cfg = getattr(sae, "cfg", None)
+        if cfg is None or not all(hasattr(sae, a) for a in ("encode", "decode", "W_dec")):
+            raise InterpError("an SAE here is a sae_lens SAE (encode, decode, W_dec, cfg); load one with "
+                              "interp.sae.load_sae(path)")
+        meta = getattr(cfg, "metadata", None)
+        self.sae = sae
+        self.head = head if head is not None else (getattr(meta, "hook_head_index", None) if meta is not None else None)
+        self.d_in, self.d_sae = int(cfg.d_in), int(cfg.d_sae)
+
+    def check(self, shape: tuple[int, ...], site: str) -> None:
+        if self.head is not None:
+            if len(shape) != 2 or not 0 <= self.head < shape[0]:
+                raise InterpError(f"the SAE reads head {self.head}, but site {site} has shape {tuple(shape)}; a head "
+                                  f"index needs a per-head site (attn_z)")
+            width = shape[-1]
+        else:
+            width = 1
+            for n in shape:
+                width *= n
+        if width != self.d_in:
+            raise InterpError(f"the SAE's d_in is {self.d_in}, site {site} gives {width} (shape {tuple(shape)}); "
+                              f"it was trained on another site or model")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return getattr(self.sae, "dtype", None) or self.sae.W_dec.dtype
+
+    def read(self, x: torch.Tensor) -> torch.Tensor:
+        """The SAE's input from a site tensor: the chosen head, in the SAE's dtype and device."""
+        if self.sae.W_dec.device != x.device:
+            self.sae.to(x.device)
+        sub = x[:, :, self.head] if self.head is not None else x
+        return sub.to(self.dtype)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature activations [batch, seq, d_sae] of a site tensor."""
+        sub = self.read(x)
+        if sub.dim() == 4 and not getattr(self.sae, "hook_z_reshaping_mode", False):
+            sub = sub.flatten(2)  # SAELens' hook_z layout: heads concatenated
+        return self.sae.encode(sub)  # an SAE in hook_z mode flattens the heads itself
+
+    def decode(self, feats: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The reconstruction of ``feats`` in the SAE's input shape for site tensor ``x`` (SAE dtype)."""
+        y = self.sae.decode(feats)
+        return y.reshape(x[:, :, self.head].shape if self.head is not None else x.shape)
+
+    def rows(self, features: Sequence[int], x: torch.Tensor) -> torch.Tensor:
+        """Decoder rows [len(features), ...] shaped like one token of the SAE's input."""
+        w = self.sae.W_dec[list(features)].to(x.device, self.dtype)
+        tail = x.shape[3:] if self.head is not None else x.shape[2:]
+        return w.reshape((len(features),) + tuple(tail))
+
+    def write(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Put the SAE-side tensor ``y`` back into the site tensor (only the chosen head, if any)."""
+        if self.head is None:
+            return y.to(x.dtype)
+        out = x.clone()
+        out[:, :, self.head] = y.to(x.dtype)
+        return out
+
+
+def _feature_list(features, d_sae: int) -> list[int]:
+    feats = [features] if isinstance(features, int) or (isinstance(features, float) and float(features).is_integer()) \
+        else list(features)
+    out = [_index(f) for f in feats]
+    if not out:
+        raise InterpError("no features given; pass feature indices, e.g. [12, 40]")
+    bad = [f for f in out if not 0 <= f < d_sae]
+    if bad:
+        raise InterpError(f"features {bad} out of range for an SAE with {d_sae} features")
+    return out
+
+
+class SAESplice(Splice):
+    """x ← the SAE's reconstruction decode(encode(x)) (SAELens' splice without the error term).
+
+    Extends ``Splice`` with the SAE's layout: per-head sites, ``hook_head_index`` (only that head is
+    replaced) and dtype. ``Splice(sae)`` still works for a plain full-width SAE and gives the same values.
+
+    Example:
+        with model.intervene({sae_site(sae): SAESplice(sae)}):
+            loss = text_ce(model, texts)
+    """
+
+    def __init__(self, sae, positions: PositionLimit = "all", head: int | None = None):
+        super().__init__(sae, positions)
+        self.view = SAEView(sae, head)
+
+    def check(self, shape, site):
+        super().check(shape, site)
+        self.view.check(shape, site)
+
+    def edit(self, x, ctx):
+        return self.view.write(x, self.view.decode(self.view.encode(x), x))
+
+
+class FeatureAblate(Intervention):
+    """Zero (or scale) chosen SAE features and keep the SAE's error term, so only those features change.
+
+    x ← decode(f') + (x − decode(f)), f = encode(x), f' = f with ``features`` multiplied by ``scale``
+    (0: ablate). SAELens computes the same with ``use_error_term=True``.
+
+    Example:
+        >>> # with model.intervene({sae_site(sae): FeatureAblate(sae, [12, 40])}): ...
+    """
+
+    def __init__(self, sae, features, scale: float = 0.0, positions: PositionLimit = "all",
+                 head: int | None = None):
+        super().__init__(positions)
+        self.view = SAEView(sae, head)
+        self.features = _feature_list(features, self.view.d_sae)
+        self.scale = float(scale)
+
+    def check(self, shape, site):
+        super().check(shape, site)
+        self.view.check(shape, site)
+
+    def edit(self, x, ctx):
+        f = self.view.encode(x)
+        edited = f.clone()
+        edited[..., self.features] = f[..., self.features] * self.scale
+        error = self.view.read(x) - self.view.decode(f, x)
+        return self.view.write(x, self.view.decode(edited, x) + error)
+
+
+class FeatureSteer(Intervention):
+    """Feature steering: x ← x + Σᵢ cᵢ · W_dec[featureᵢ] (the decoder rows, SAELens' steering vector).
+
+    ``coefficients`` is one number for all features or one per feature.
+
+    Example:
+        with model.intervene({sae_site(sae): FeatureSteer(sae, 123, 8.0, positions="generated")}):
+            model.generate(["Tell me a story"])
+    """
+
+    def __init__(self, sae, features, coefficients: float | Sequence[float] = 1.0, positions: PositionLimit = "all",
+                 head: int | None = None):
+        super().__init__(positions)
+        self.view = SAEView(sae, head)
+        self.features = _feature_list(features, self.view.d_sae)
+        coefs = [coefficients] * len(self.features) if isinstance(coefficients, (int, float)) else list(coefficients)
+        if len(coefs) != len(self.features):
+            raise InterpError(f"{len(coefs)} coefficients for {len(self.features)} features; give one, or one each")
+        self.coefficients = torch.tensor([float(c) for c in coefs])
+
+    def check(self, shape, site):
+        super().check(shape, site)
+        self.view.check(shape, site)
+
+    def edit(self, x, ctx):
+        rows = self.view.rows(self.features, x)
+        c = self.coefficients.to(x.device, rows.dtype).reshape((-1,) + (1,) * (rows.dim() - 1))
+        vector = (c * rows).sum(0)
+        return self.view.write(x, self.view.read(x) + vector)

@@ -12,7 +12,7 @@ measurements:
   held-out evaluation window (``evaluate``);
 - L0 and explained variance ``1 - Σ‖x - x̂‖² / Σ‖x - x̄‖²``;
 - the LM loss with the SAE reconstruction spliced into the model in place of
-  the site's output (``spliced_lm_loss``: ``Splice(sae)`` and ``Zero()``
+  the site's output (``spliced_lm_loss``: ``SAESplice(sae)`` and ``Zero()``
   through ``model.intervene``, the loss from ``interp.evaluation``).
 
 Checkpoints hold no pickle: SAE weights in SAELens' format (safetensors +
@@ -20,7 +20,10 @@ cfg.json), optimizer moments and counters in safetensors, scalars in JSON.
 A killed run started again with the same arguments resumes from the last
 checkpoint, replays the LR schedule and skips the batches already seen, so it
 ends where an uninterrupted run ends. The trained SAE is written with
-``save_inference_model`` and loads with ``sae_lens.SAE.load_from_disk``.
+``save_inference_model``, its metadata filled as SAELens expects
+(``interp.sae.sae_metadata``: TransformerLens hook name, model name, context
+size, BOS), and loads with ``sae_lens.SAE.load_from_disk`` or
+``interp.sae.load_sae``.
 
 Example:
     store = model.capture_to_store(texts, "acts/", "attn_out.3", "1:", chat=False)
@@ -45,11 +48,10 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from .errors import InterpError
+from .sae import RECOVERED_MIN_GAP, apply_metadata, sae_metadata  # noqa: F401 (RECOVERED_MIN_GAP re-exported)
 
 KINDS = ("standard", "topk", "batchtopk", "jumprelu")
 INITS = ("random", "active")
-#: loss_recovered is reported only when zero-ablation raises the loss by at least this much (nats/token)
-RECOVERED_MIN_GAP = 1e-3
 
 
 @dataclass
@@ -246,34 +248,20 @@ def evaluate(sae, activations: torch.Tensor, batch_size: int = 4096) -> dict:
 def spliced_lm_loss(model, sae, site: str, texts: list[str], batch_size: int = 8) -> dict:
     """Next-token loss clean, with the SAE reconstruction in place of ``site``, and with ``site`` zeroed.
 
-    The edits are ``Splice(sae)`` and ``Zero()`` through ``model.intervene``;
-    the loss is ``interp.evaluation.text_ce`` (float64 log-probabilities).
+    ``interp.sae.spliced_loss`` with the site given: ``SAESplice(sae)`` and
+    ``Zero()`` through ``model.intervene``, the loss from
+    ``interp.evaluation.text_ce`` (float64 log-probabilities).
     ``loss_recovered`` = (zero - spliced) / (zero - clean): 1 when the
     reconstruction is as good as the real activations, 0 when no better than
-    removing them.
+    removing them; None with ``loss_recovered_note`` when zeroing does not hurt.
 
     Example:
         r = spliced_lm_loss(model, SAE.load_from_disk("runs/active/sae"), "attn_out.3", texts)
         r["clean"], r["spliced"], r["loss_recovered"]
     """
-    from .evaluation import text_ce
-    from .interventions import Splice, Zero
-    from .sites import parse_site
+    from .sae import spliced_loss
 
-    key = str(parse_site(site, model.n_layers))
-    sae.eval()
-    edits = {"clean": None, "spliced": {key: Splice(sae)}, "zero_ablated": {key: Zero()}}
-    out = {name: text_ce(model, texts, iv, batch_size=batch_size) for name, iv in edits.items()}
-    gap = out["zero_ablated"] - out["clean"]
-    if gap < RECOVERED_MIN_GAP:  # the fraction has no denominator: zeroing the site does not hurt the model
-        out["loss_recovered"] = None
-        out["loss_recovered_note"] = (f"undefined: zero-ablating {key} changes the loss by {gap:+.4f} nats/token "
-                                      f"(< {RECOVERED_MIN_GAP}), so there is no loss to recover")
-    else:
-        out["loss_recovered"] = (out["zero_ablated"] - out["spliced"]) / gap
-    # scored tokens: every next-token pair inside a text (text_ce scores exactly these)
-    out["n_tokens"] = sum(max(len(ids) - 1, 0) for ids in model.encode(texts, chat=False).ids)
-    return out
+    return spliced_loss(model, sae, texts, site=site, batch_size=batch_size)
 
 
 # ------------------------------------------------------------------ training
@@ -286,7 +274,8 @@ def _dead_fraction(trainer, window_steps: int) -> tuple[float, int]:
 
 
 def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = True,
-              on_step: Callable[[int], None] | None = None, val_activations: torch.Tensor | None = None) -> dict:
+              on_step: Callable[[int], None] | None = None, val_activations: torch.Tensor | None = None,
+              metadata: dict | None = None) -> dict:
     """Train one SAE on ``site`` of ``store`` with SAELens' trainer; resume from ``out_dir`` if a run is there.
 
     Writes ``out_dir/sae`` (SAELens inference format), ``out_dir/checkpoint``
@@ -295,7 +284,10 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
     tokens/s). ``on_step(step)`` is called after each step (tests use it to
     interrupt a run). ``val_activations``: the validation activations the
     init's choices are made on (d_active, decoder norm); None makes them on the
-    init batch.
+    init batch. ``metadata``: SAELens metadata for the saved SAE
+    (``interp.sae.sae_metadata(site, model, context_size=...)``); without it
+    the SAE records the TransformerLens hook name, the store's model name and
+    the store's positions only.
     """
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
@@ -306,6 +298,13 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
     site = str(parse_site(site))
     if site not in store.sites:
         raise InterpError(f"site {site} is not in the store; it holds {', '.join(store.sites)}")
+    # SAELens and TransformerLens hook by the TL name (blocks.1.hook_resid_post); "resid_post.1" hooked nothing there
+    meta = sae_metadata(site, model_name=store.manifest.get("model"),
+                        model_fingerprint=store.manifest.get("model_fingerprint"),
+                        interp_positions=store.manifest.get("positions"))
+    meta.update(metadata or {})
+    if parse_site(meta["hook_name"]) != parse_site(site):
+        raise InterpError(f"metadata hook_name {meta['hook_name']} is not the trained site {site}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "checkpoint"
@@ -383,7 +382,7 @@ def train_sae(store, site: str, out_dir, cfg: SAETrainConfig, progress: bool = T
     if trainer.activation_scaler.scaling_factor is not None:  # the saved SAE takes raw activations
         sae.fold_activation_norm_scaling_factor(trainer.activation_scaler.scaling_factor)
         trainer.activation_scaler.scaling_factor = None
-    sae.cfg.metadata.hook_name = site
+    apply_metadata(sae, meta)
     sae.save_inference_model(str(out / "sae"))
     _save_checkpoint(trainer, ckpt, extra())
     dead_train, window_steps = _dead_fraction(trainer, steps_per_window)

@@ -149,7 +149,7 @@ def test_loss_recovered_is_undefined_when_zero_ablation_does_not_hurt(tiny_llama
 
     train_sae(tiny_store, "attn_out.1", tmp_path, _cfg(), progress=False)
     sae = SAE.load_from_disk(tmp_path / "sae")
-    losses = {None: 3.0, "Splice": 3.1, "Zero": 3.0 - 1e-6}  # zeroing the site lowers the loss a hair
+    losses = {None: 3.0, "SAESplice": 3.1, "Zero": 3.0 - 1e-6}  # zeroing the site lowers the loss a hair
     monkeypatch.setattr(interp.evaluation, "text_ce", lambda model, texts, iv, batch_size=8:
                         losses[None if iv is None else type(next(iter(iv.values()))).__name__])
     r = spliced_lm_loss(tiny_llama, sae, "attn_out.1", ["Boats drifted by."])

@@ -46,6 +46,7 @@ from ..errors import InterpError
 from ..protocol import protocol_block, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 from ..sae_training import INITS, KINDS, SAETrainConfig, evaluate, spliced_lm_loss, train_sae
+from ..sae import sae_metadata
 from ..sites import SITE_NAMES, Site
 
 __all__ = ["Config", "run", "check_config", "texts_for", "capture_stores", "train_config", "PAPER", "TARGETS"]
@@ -181,7 +182,9 @@ def run(model, config: Config | None = None, out=None) -> Result:
             # fit (choices on validation)
             with sw(f"train {init}"):
                 summary = train_sae(stores["train"], site, folder / init, cfg, progress=config.progress,
-                                    val_activations=val_acts)
+                                    val_activations=val_acts, metadata=sae_metadata(
+                                        site, model, context_size=config.max_tokens, seqpos_slice=(1, None),
+                                        dataset_path="interp.data.corpus"))
                 sae = SAE.load_from_disk(folder / init / "sae")
             runs[init] = {"init": init, "site": site, "config": dataclasses.asdict(cfg),
                           "init_info": summary["init_info"], "train_tokens_in_store": stores["train"].n_tokens,
