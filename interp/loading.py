@@ -104,14 +104,20 @@ def _check_device(device) -> None:
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype: torch.dtype = torch.float32,
-               device: str | torch.device | None = None, device_map=None, trust_remote_code: bool = False,
+               device: str | torch.device | None = None, device_map=None, max_memory: dict | None = None,
+               offload_folder: str | Path | None = None, trust_remote_code: bool = False,
                attn_implementation: str | None = None, progress: bool = True, remote: bool | str = False) -> Model:
     """Load a model for capture and intervention.
 
     ``name_or_path`` is a packaged model name (see ``interp models``), a
     ``.gguf`` file, a local transformers folder or a Hugging Face hub id.
     ``dtype``, ``device`` and ``device_map`` pass through to transformers
-    (``device_map="auto"`` for multi-GPU). ``backend="transformer_lens"``
+    (``device_map="auto"`` for multi-GPU). A model bigger than one device is
+    split by accelerate: ``device_map`` ("auto", "sequential" or an explicit
+    ``{module: device | "cpu" | "disk"}``), ``max_memory`` (``{0: "20GiB",
+    "cpu": "60GiB"}``; what does not fit goes to disk) and ``offload_folder``
+    (where disk-offloaded weights go, and where ``orthogonalize`` writes edited
+    ones); see docs/scale.md. ``backend="transformer_lens"``
     wraps the same weights in a TransformerLens ``TransformerBridge``;
     ``backend="nnsight"`` runs every forward as an nnsight trace, with
     ``remote=True`` on an NDIF server (a hub id; API key and network needed,
@@ -141,6 +147,16 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype:
     kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    elif max_memory is not None or offload_folder is not None:
+        raise InterpError("max_memory and offload_folder split a model across devices: pass device_map='auto' "
+                          "(or an explicit device map) with them")
+    if max_memory is not None:
+        if not isinstance(max_memory, dict) or not max_memory:
+            raise InterpError(f"max_memory is a dict such as {{0: '20GiB', 'cpu': '60GiB'}}, got {max_memory!r}")
+        kwargs["max_memory"] = max_memory
+    if offload_folder is not None:
+        Path(offload_folder).mkdir(parents=True, exist_ok=True)
+        kwargs["offload_folder"] = str(offload_folder)
     if attn_implementation is not None or backend == "transformer_lens":
         # the bridge runs eager attention; match it so both backends agree
         kwargs["attn_implementation"] = attn_implementation or "eager"

@@ -132,3 +132,16 @@ def named_tensors(hf: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
             owner, _, attr = key.rpartition(".")
             t = read_weight(modules[owner], attr)
         yield key, t.detach()
+
+
+def check_writable(hf: nn.Module) -> None:
+    """Raise before any edit when some weights are disk-offloaded with no ``offload_folder`` to write edits to."""
+    for module in hf.modules():
+        for h in _align_hooks(module):
+            wm = getattr(h, "weights_map", None)
+            loader = getattr(wm, "dataset", wm)
+            if getattr(h, "offload", False) and getattr(loader, "index", None) and \
+                    not getattr(loader, "save_folder", None):
+                raise InterpError("some weights of this model are offloaded to disk and read from its checkpoint "
+                                  "files, which are never modified; pass offload_folder=... to load_model so edited "
+                                  "weights have somewhere to go")

@@ -9,6 +9,10 @@ and reloads in plain transformers with no interp import.
 Example:
     orthogonalize(model, direction)
     model.hf.save_pretrained("edited"); model.tokenizer.save_pretrained("edited")
+
+On a model split by accelerate (``device_map``) each weight is edited on its
+own device; disk-offloaded weights are rewritten into the ``offload_folder``
+given to ``load_model`` (the checkpoint files are never touched).
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import copy
 import torch
 from torch import nn
 
-from . import arch
+from . import arch, offload
 from .errors import InterpError
 
 
@@ -46,34 +50,47 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
     if d.numel() != model.d_model or not torch.isfinite(d).all() or d.norm() < 1e-8:
         raise InterpError(f"direction must be a finite, non-zero vector of size {model.d_model}")
     if not inplace:
+        if offload.is_offloaded(model.hf):
+            raise InterpError("inplace=False copies the model, but an offloaded copy would share its offload files "
+                              "with the original; orthogonalize it in place (load it a second time to compare)")
         model = Model(copy.deepcopy(model.hf), model.tokenizer, model.name + "-orthogonalized", model.source)
     hf = model.hf
+    offload.check_writable(hf)
     out_emb, in_emb = hf.get_output_embeddings(), hf.get_input_embeddings()
     if out_emb is not None and out_emb.weight is in_emb.weight:
+        if in_emb.weight.device.type == "meta":
+            raise InterpError("the tied input/output embedding is offloaded; keep it on a device (map "
+                              "'model.embed_tokens' and 'lm_head' to a GPU or 'cpu' in device_map) to orthogonalize")
         # untie so the unembedding keeps reading the full residual stream
         out_emb.weight = nn.Parameter(in_emb.weight.detach().clone())
         hf.config.tie_word_embeddings = False
         if hasattr(hf.config, "get_text_config"):
             hf.config.get_text_config().tie_word_embeddings = False
+    unit = d / d.norm()
+
+    def edit(mod: nn.Module, name: str, columns: bool | None) -> None:
+        # sharded models: each weight is edited where it lives (its device, or accelerate's offload store)
+        w = offload.read_weight(mod, name)
+        if w is None:
+            return
+        u = unit.to(w.device)
+        w64 = w.detach().double()
+        if columns is None:  # a bias: a residual-space vector
+            w64 -= u * (u @ w64)
+        else:
+            (_project_out_columns if columns else _project_out_rows)(w64, u)
+        offload.write_weight(mod, name, w64.to(w.dtype))
+
     with torch.no_grad():
-        u = d.to(in_emb.weight.device, torch.float64)
-        u = u / u.norm()
-
-        def edit(param: torch.Tensor, columns: bool) -> None:
-            w = param.data.double()
-            (_project_out_columns if columns else _project_out_rows)(w, u)
-            param.data.copy_(w.to(param.dtype))
-
-        edit(in_emb.weight, columns=False)
+        edit(in_emb, "weight", columns=False)
         if layout.position_embedding:
-            edit(arch.module(model, None, layout.position_embedding).weight, columns=False)
+            edit(arch.module(model, None, layout.position_embedding), "weight", columns=False)
         for layer in range(model.n_layers):
             for path in (layout.attn_o_proj, layout.mlp_down):
                 lin = arch.module(model, layer, path)
-                edit(lin.weight, columns=not layout.conv1d)  # Conv1D stores [in, out]: residual vectors are rows
+                edit(lin, "weight", columns=not layout.conv1d)  # Conv1D stores [in, out]: residual vectors are rows
                 if getattr(lin, "bias", None) is not None:
-                    b = lin.bias.data.double()
-                    b -= u * (u @ b)
-                    lin.bias.data.copy_(b.to(lin.bias.dtype))
+                    edit(lin, "bias", columns=None)
     arch.weights_edited(model)
     return model
+
