@@ -12,6 +12,7 @@ Example:
 """
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from typing import Callable, Iterator, Mapping, Union
 
@@ -54,6 +55,20 @@ def _context(state: dict, args, kwargs) -> Context:
                    is_prompt=cols < prompt_width, prompt_lengths=prompt_width - pad, rows=rows)
 
 
+def _context_on(state: dict, device: torch.device) -> Context:
+    """The forward's context on ``device``: a model split across devices (``device_map``) runs later blocks on
+    other devices than the embedding, where the context was read; moved once per forward and device."""
+    ctx = state["ctx"]
+    if ctx.valid.device == device:
+        return ctx
+    moved = state.setdefault("ctx_on", {})
+    if device not in moved:
+        moved[device] = dataclasses.replace(ctx, **{f.name: getattr(ctx, f.name).to(device)
+                                                    for f in dataclasses.fields(ctx)
+                                                    if isinstance(getattr(ctx, f.name), torch.Tensor)})
+    return moved[device]
+
+
 @contextmanager
 def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iterator[dict]:
     """Attach interventions at sites; see the module docstring.
@@ -79,11 +94,12 @@ def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iter
         iv.check(model.site_shape(site), str(site))
 
         def fn(x, iv=iv):
-            return iv.apply(x, state["ctx"])
+            return iv.apply(x, _context_on(state, x.device))
         fns[site] = fn
 
     def read_context(module, args, kwargs):
         state["ctx"] = _context(state, args, kwargs)
+        state["ctx_on"] = {}
 
     handle = model.hf.base_model.register_forward_pre_hook(read_context, with_kwargs=True)
     model._intervention_state = state

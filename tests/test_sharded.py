@@ -130,3 +130,17 @@ def test_smollm_half_on_disk_matches_plain(smollm, tmp_path):
     orthogonalize(sh, r)
     torch.testing.assert_close(_logits(sh), _logits(edited), atol=1e-4, rtol=0)  # measured 0.0
     assert len(list(tmp_path.glob("model.layers.29.*.dat"))) == 2  # o_proj and down_proj of a disk block
+
+
+def test_context_follows_the_block_device():
+    """A block on another device than the embedding gets the forward's context moved there, once per forward."""
+    from interp.intervene import _context_on
+    from interp.interventions import Context
+
+    ctx = Context.whole(torch.zeros(2, 3, 4))
+    state = {"ctx": ctx, "ctx_on": {}}
+    assert _context_on(state, torch.device("cpu")) is ctx
+    moved = _context_on(state, torch.device("meta"))
+    assert {moved.token_index.device.type, moved.valid.device.type, moved.is_prompt.device.type,
+            moved.prompt_lengths.device.type} == {"meta"}
+    assert _context_on(state, torch.device("meta")) is moved
