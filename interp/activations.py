@@ -112,7 +112,14 @@ class Activations:
         for p in parts[1:]:
             if p.sites != sites:
                 raise InterpError(f"cannot concatenate captures of different sites: {sites} vs {p.sites}")
-        tensors = {s: torch.cat([pad(p.tensors[s], 0) for p in parts]) for s in sites}
+        def pad_keys(t: torch.Tensor, keys: int) -> torch.Tensor:
+            # attention patterns ([.., heads, keys]) of captures with different longest prompts
+            return torch.nn.functional.pad(t, (0, keys - t.shape[-1])) if t.shape[-1] < keys else t
+
+        tensors = {}
+        for s in sites:
+            keys = max(p.tensors[s].shape[-1] for p in parts) if parse_site(s).name == "attn_pattern" else 0
+            tensors[s] = torch.cat([pad(pad_keys(p.tensors[s], keys), 0) for p in parts])
         meta = dict(parts[0].metadata)
         meta["prompt_hashes"] = [h for p in parts for h in p.metadata.get("prompt_hashes", [])]
         return cls(tensors, torch.cat([pad(p.mask, False) for p in parts]),

@@ -76,13 +76,13 @@ def precheck_sites(name_or_path: str, sites) -> list:
         >>> precheck_sites("smollm2-135m-instruct", ["resid_post.3", "mlp_out"])
         [Site(name='resid_post', layer=3), 'mlp_out']
     """
-    from .sites import SITE_NAMES, parse_site
+    from .sites import LAYER_SITE_NAMES, parse_site
 
     n_layers = peek_n_layers(name_or_path)
     items = [sites] if isinstance(sites, str) else list(sites)
     if not items:
         raise InterpError("no sites given")
-    return [s if isinstance(s, str) and s in SITE_NAMES else parse_site(s, n_layers) for s in items]
+    return [s if isinstance(s, str) and s in LAYER_SITE_NAMES else parse_site(s, n_layers) for s in items]
 
 
 def _damaged_file_error(e: BaseException) -> bool:

@@ -312,3 +312,18 @@ def test_new_sites_agree_with_transformer_lens_bridge(smollm):
     for key, w in weights.items():
         assert (a.acts[key][m] - (b.acts[key] * w.detach())[m]).abs().max() <= 1e-4, key
     assert (a.logits[m] - b.logits[m]).abs().max() <= 1e-3
+
+
+def test_new_sites_through_a_store_and_the_cli_precheck(tiny_llama, tmp_path):
+    from interp.loading import precheck_sites
+
+    prompts = ["hello there friend", "hi", "a b c d e f g"]
+    names = ["embed", "attn_pattern.1", "attn_v.0"]
+    # one prompt per shard: each shard's patterns have their own key width; loading pads them
+    store = tiny_llama.capture_to_store(prompts, tmp_path / "s", names, "last", shard_size=1, progress=False)
+    direct = tiny_llama.capture(prompts, names, "last", progress=False)
+    loaded = store.load()
+    for key in ["embed", "attn_pattern.1", "attn_v.0"]:
+        assert loaded[key].shape == direct[key].shape and torch.allclose(loaded[key], direct[key], atol=1e-6), key
+    assert precheck_sites("smollm2-135m-instruct", ["attn_pattern", "hook_embed", "ln1.3"]) == [
+        "attn_pattern", Site("embed", None), Site("ln1", 3)]
