@@ -46,7 +46,7 @@ from .data.ioi import PatchTask
 from .errors import InterpError
 from .evaluation import logit_diff
 from .interventions import Compose, Context, Intervention, Record
-from .sites import Site, SiteLike, expand_sites
+from .sites import Site, SiteLike, expand_sites, parse_site
 
 Metric = Callable[..., torch.Tensor]
 
@@ -111,7 +111,7 @@ class Attribution:
         """Normalized mean estimate (0 = corrupted, 1 = clean): per position from the end for a stream site,
         per head (summed over every position) for ``attn_z``."""
         est = self[site] / self.gap
-        if est.dim() == 3:  # attn_z: one head patched at every position at once
+        if est.dim() == 3:  # per head (attn_z, q/k/v): one head patched at every position at once
             return est.sum(1).mean(0)
         positions = list(range(-est.shape[1], 0)) if positions is None else list(positions)
         width = est.shape[1]
@@ -122,21 +122,23 @@ class Attribution:
     def grid(self, name: str, positions: Sequence[int] | None = None,
              layers: Sequence[int] | None = None) -> list[list[float]]:
         """[layers][positions] (or [layers][heads] for ``attn_z``) of ``effect``, the patching sweep's layout."""
-        layers = [s.layer for s in expand_sites(name, self.n_layers)] if layers is None else list(layers)
+        if layers is None:
+            layers = sorted({parse_site(k, self.n_layers).layer for k in self.estimates
+                             if parse_site(k, self.n_layers).name == name}, key=lambda x: -1 if x is None else x)
         return [self.effect(Site(name, layer), positions).tolist() for layer in layers]
 
     def to_dict(self, positions: Sequence[int] | None = None) -> dict:
         """The patching sweep's layout: {"positions", "layers", "effects": {name: grid}, metrics, seconds}."""
-        by_name: dict[str, list[int]] = {}
+        by_name: dict[str, list] = {}
         for k in self.estimates:
-            name, layer = k.rsplit(".", 1)
-            by_name.setdefault(name, []).append(int(layer))
-        layers = sorted({layer for ls in by_name.values() for layer in ls})
+            site = parse_site(k, self.n_layers)
+            by_name.setdefault(site.name, []).append(site.layer)
+        layers = sorted({layer for ls in by_name.values() for layer in ls if layer is not None})
         width = int(self.lengths.max())
         return {"method": self.method, "positions": list(range(-width, 0)) if positions is None else list(positions),
                 "layers": layers, "seconds": self.seconds, "clean_metric": self.m_clean.mean().item(),
                 "corrupted_metric": self.m_corrupted.mean().item(),
-                "effects": {n: self.grid(n, positions, sorted(ls)) for n, ls in by_name.items()}}
+                "effects": {n: self.grid(n, positions, ls) for n, ls in by_name.items()}}
 
 
 def _batches(model, clean, corrupted, answers):
@@ -197,12 +199,15 @@ def attribution_patching(model, clean: Sequence[str] | PatchTask, corrupted: Seq
     if batch_size < 1:
         raise InterpError(f"batch_size must be >= 1, got {batch_size}")
     site_list = expand_sites(sites, model.n_layers)
+    if any(s.name == "attn_pattern" for s in site_list):
+        raise InterpError("attention patterns are read-only sites; attribute to attn_q, attn_k, attn_v or attn_z "
+                          "instead (AtP*'s exact softmax for queries and keys is not implemented)")
     keys = [str(s) for s in site_list]
     c_ids, x_ids, answers = _batches(model, clean, corrupted, answers)
     n = len(c_ids)
     lengths = torch.tensor([len(x) for x in c_ids])
     width = int(lengths.max())
-    est = {k: torch.zeros((n, width) + (model.site_shape(s)[:1] if s.name == "attn_z" else ()))
+    est = {k: torch.zeros((n, width) + model.site_shape(s)[:-1])  # a head axis for attn_z and q/k/v
            for k, s in zip(keys, site_list)}
     m_clean, m_corr = torch.zeros(n), torch.zeros(n)
     frozen = [p for p in model.hf.parameters() if p.requires_grad]

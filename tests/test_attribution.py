@@ -63,6 +63,20 @@ def test_gradients_flow_through_each_head(tiny):
             assert torch.allclose(z.sum(-1), atp[f"attn_out.{layer}"], atol=1e-5)
     for layer in range(tiny.n_layers - 1):
         assert torch.allclose(atp[f"resid_post.{layer}"], atp[f"resid_pre.{layer + 1}"], atol=1e-6)
+    # the new sites: q/k/v per (KV) head, the embedding and the final norm, whose patch is exact (logits are
+    # linear in it); attention patterns are read-only
+    more = attribution_patching(tiny, task, sites=["attn_q.0", "attn_k.1", "embed", "ln_final"], progress=False)
+    assert more["attn_q.0"].shape[-1] == tiny.n_heads and more["attn_k.1"].shape[-1] == tiny.site_shape("attn_k.1")[0]
+    assert more["embed"].abs().sum() > 0
+    from interp.experiments._patching import Pairs
+    from interp.interventions import Patch
+
+    pairs = Pairs(tiny, task)
+    real = pairs.effect({"ln_final": Patch(pairs.cache(["ln_final"]), "ln_final", positions=[-1])}).mean().item()
+    assert more.effect("ln_final", [-1]).item() == pytest.approx(real, abs=1e-4)
+    assert more.to_dict([-1])["effects"]["ln_final"] == [[pytest.approx(real, abs=1e-4)]]
+    with pytest.raises(InterpError, match="read-only"):
+        attribution_patching(tiny, task, sites=["attn_pattern.0"], progress=False)
     # padding columns carry nothing; the weights are left untouched and trainable
     assert atp["resid_pre.0"][1, :-len(tiny.encode([CLEAN[1]], chat=False).ids[0])].abs().sum() == 0
     assert all(p.requires_grad and p.grad is None for p in tiny.hf.parameters())
