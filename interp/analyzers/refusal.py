@@ -32,7 +32,11 @@ from ..errors import InterpError
 
 def _numpy(X):
     """torch input as numpy (scikit-learn's validation then checks shape, dtype and values)."""
-    return X.detach().cpu().numpy() if isinstance(X, torch.Tensor) else X
+    if not isinstance(X, torch.Tensor):
+        return X
+    X = X.detach().cpu()
+    # numpy has no bfloat16: widen half-precision captures (exactly) before the float64 validation
+    return (X.float() if X.is_floating_point() and X.element_size() < 4 else X).numpy()
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
