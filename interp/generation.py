@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InterpError  # noqa: F401
+from .intervene import weight_edit as _weight_edit
 
 
 class _FiniteLogits:
@@ -30,27 +31,29 @@ class _FiniteLogits:
 
 def generate(model, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool = True, system: str | None = None,
              do_sample: bool = False, batch_size: int = 16, progress: bool = False, use_cache: bool = True,
-             interventions: Mapping | None = None, **gen_kwargs) -> list[str]:
+             interventions: Mapping | None = None, weight_edit: bool = True, **gen_kwargs) -> list[str]:
     """Completions (new text only) for prompts, greedy by default, left-padded batches, KV cache on.
 
     ``interventions`` (``{site: Intervention}``) apply to prompt and generated tokens alike (limit them
     with their ``positions``); per-prompt positions and patch sources are indexed by the prompt's place
     in ``prompts``, whatever batch it runs in. (Inside a ``model.intervene`` block, leave
-    ``interventions`` empty: the block's interventions apply.)
+    ``interventions`` empty: the block's interventions apply.) Ablations that equal a weight edit
+    (``everywhere(model, r)``) run as a temporary, exactly undone weight edit instead of hooks, at the
+    speed of plain generation (``interp.intervene``); ``weight_edit=False`` keeps every hook.
     """
     enc = model.encode(prompts, chat=chat, system=system)
     return generate_from_ids(model, enc.ids, max_new_tokens, do_sample, batch_size, progress, use_cache,
-                             interventions=interventions, **gen_kwargs)
+                             interventions=interventions, weight_edit=weight_edit, **gen_kwargs)
 
 
 def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int = 64, do_sample: bool = False,
                       batch_size: int = 16, progress: bool = False, use_cache: bool = True,
-                      interventions: Mapping | None = None, **gen_kwargs) -> list[str]:
+                      interventions: Mapping | None = None, weight_edit: bool = True, **gen_kwargs) -> list[str]:
     """``generate`` on already tokenized prompts (e.g. a multi-turn chat)."""
     if interventions:
         with model.intervene(interventions):
             return generate_from_ids(model, ids, max_new_tokens, do_sample, batch_size, progress, use_cache,
-                                     **gen_kwargs)
+                                     weight_edit=weight_edit, **gen_kwargs)
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InterpError(f"{name} must be a positive int, got {value!r}")
@@ -61,22 +64,28 @@ def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int =
         gen_kwargs.update(top_p=None, top_k=None, temperature=None)
     # NaN logits decode to an arbitrary token (often a special one, so an empty string): stop instead
     gen_kwargs["logits_processor"] = list(gen_kwargs.get("logits_processor") or []) + [_FiniteLogits()]
-    for s in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
-        rows = order[s:s + batch_size]
-        batch = model.pad([ids[i] for i in rows])
-        if state is not None:  # tells the interventions where the prompt ends and which prompts these are
-            state["prompt_width"] = batch["input_ids"].shape[1]
-            state["rows"] = torch.tensor(rows)
-        try:
-            with torch.no_grad():
-                gen = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
-                                        pad_token_id=model.tokenizer.pad_token_id, **gen_kwargs)
-        finally:
-            if state is not None:
-                state.pop("prompt_width", None)
-                state.pop("rows", None)
-        texts = model.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-        for i, t in zip(rows, texts):
-            out[i] = t
+    with _weight_edit(model, weight_edit):
+        for s in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
+            _generate_batch(model, ids, order[s:s + batch_size], out, state, max_new_tokens, do_sample,
+                            use_cache, gen_kwargs)
     return out
+
+
+def _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use_cache, gen_kwargs) -> None:
+    """One padded batch of ``generate_from_ids``: its texts go to ``out`` at the prompts' places."""
+    batch = model.pad([ids[i] for i in rows])
+    if state is not None:  # tells the interventions where the prompt ends and which prompts these are
+        state["prompt_width"] = batch["input_ids"].shape[1]
+        state["rows"] = torch.tensor(rows)
+    try:
+        with torch.no_grad():
+            gen = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                                    pad_token_id=model.tokenizer.pad_token_id, **gen_kwargs)
+    finally:
+        if state is not None:
+            state.pop("prompt_width", None)
+            state.pop("rows", None)
+    texts = model.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    for i, t in zip(rows, texts):
+        out[i] = t

@@ -6,6 +6,16 @@ which columns are padding, which are prompt tokens and which were generated,
 so position limits and patches line up whether or not the cache is used.
 Hooks are removed on exit, also when the body raises.
 
+During ``generate`` (``interp.generation``) the ablations that equal a weight
+edit run as one: ``Ablate`` at every position of an attention or MLP output
+becomes the same projection of that layer's output-projection weights, and
+``Ablate`` of a block input whose residual stream can no longer hold the
+direction (the embedding output ablated, every attention and MLP output below
+edited the same way) is dropped. Their hooks step aside while the edited
+tensors are swapped in, and the original weights return bit-identical after
+the call (also on an exception). ``everywhere(model, r)`` thus generates with
+one hook instead of three per layer.
+
 Example:
     with model.intervene({"resid_pre.10": Ablate(r), "attn_out.10": Ablate(r)}):
         print(model.generate(["How do I pick a lock?"]))
@@ -18,9 +28,10 @@ from typing import Callable, Iterator, Mapping, Union
 
 import torch
 
+from . import arch
 from .errors import InterpError
-from .interventions import Context, Intervention, Lambda, Record
-from .sites import SiteLike, parse_site
+from .interventions import Ablate, Context, Intervention, Lambda, Record
+from .sites import Site, SiteLike, parse_site
 
 InterventionLike = Union[Intervention, Callable]
 
@@ -55,6 +66,111 @@ def _context(state: dict, args, kwargs) -> Context:
                    is_prompt=cols < prompt_width, prompt_lengths=prompt_width - pad, rows=rows)
 
 
+_INSIDE = ("attn_z", "mlp_act", "ln1", "ln2", "attn_q", "attn_k", "attn_v", "attn_pattern")
+
+
+def _plain_ablate(iv) -> bool:
+    return type(iv) is Ablate and isinstance(iv.positions, str) and iv.positions == "all" and iv.heads is None
+
+
+def _weight_plan(model, ivs: Mapping[Site, Intervention]) -> tuple[list, set] | None:
+    """Which sites' hooks a weight edit can stand in for during generate: ``(targets, sites)`` or None.
+
+    ``targets`` are ``(layer, path, basis)`` for ``ablation_weights``; ``sites`` the hooks they replace.
+    """
+    from .orthogonalize import can_swap
+
+    if not can_swap(model):
+        return None
+    lay = arch.layout(model)
+    paths = {"attn_out": lay.attn_o_proj, "mlp_out": lay.mlp_down}
+    mid_layers = {s.layer for s in ivs if s.name == "resid_mid"}  # its hook reads attn_out as the hooks leave it
+    targets, sites = [], set()
+    for site, iv in ivs.items():
+        if site.name in paths and _plain_ablate(iv) and site.layer not in mid_layers and \
+                "weight" in arch.module(model, site.layer, paths[site.name])._parameters:
+            targets.append((site.layer, paths[site.name], iv.basis))
+            sites.add(site)
+    # a block input ablation is a no-op once nothing upstream can write along the basis
+    first = ivs.get(Site("resid_pre", 0))
+    if first is not None and _plain_ablate(first):
+        basis = first.basis
+        same = {s for s, iv in ivs.items() if _plain_ablate(iv) and torch.equal(iv.basis, basis)}
+        for layer in range(1, model.n_layers):
+            below = [s for s in ivs if s.layer == layer - 1]
+            # edits inside a block feed projections that are edited after them; anything else may write r
+            clean = all(s in sites and s in same or s.name in _INSIDE or
+                        s.name == "resid_pre" and s in same for s in below)
+            if not (clean and Site("attn_out", layer - 1) in sites & same and Site("mlp_out", layer - 1) in sites & same):
+                break
+            if Site("resid_pre", layer) in same:
+                sites.add(Site("resid_pre", layer))
+    return (targets, sites) if sites else None
+
+
+class _Suspended:
+    """Take hooks out of their modules' hook dicts and put them back in the same order."""
+
+    def __init__(self, handles: list):
+        self.handles, self.snap = handles, {}
+
+    def __enter__(self):
+        for h in self.handles:
+            d = h.hooks_dict_ref() if hasattr(h, "hooks_dict_ref") else None
+            if d is None or h.id not in d:
+                continue
+            self.snap.setdefault(id(d), (d, list(d.items())))
+            del d[h.id]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        mine = {h.id for h in self.handles}
+        for d, items in self.snap.values():
+            now = dict(d)  # hooks added meanwhile stay (after ours); hooks removed meanwhile stay removed
+            d.clear()
+            for k, v in items:
+                if k in now or k in mine:
+                    d[k] = now.get(k, v)
+            for k, v in now.items():
+                d.setdefault(k, v)
+        self.snap = {}
+
+
+class _WeightEdit:
+    """The weight-edit stand-in for some of a block's hooks (see the module docstring); re-entrant per call."""
+
+    def __init__(self, model, targets: list, handles: list):
+        self.model, self.targets, self.handles = model, targets, handles
+        self.edits = None  # built on first use, kept for the block's lifetime
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        from .orthogonalize import ablation_weights, swapped_weights
+
+        if self.edits is None:
+            self.edits = ablation_weights(self.model, self.targets)
+        with swapped_weights(self.edits), _Suspended(self.handles):
+            yield
+
+
+@contextmanager
+def weight_edit(model, enabled: bool = True) -> Iterator[bool]:
+    """Inside ``model.intervene``: run the body with the block's weight-edit stand-in (see the module
+    docstring) in place of the hooks it replaces. Yields whether one was applied. ``generate`` uses it.
+
+    Example:
+        with model.intervene(everywhere(model, r)), weight_edit(model):
+            model.hf.generate(**batch)        # one hook instead of 3 per layer; weights restored after
+    """
+    state = getattr(model, "_intervention_state", None)
+    fast = state.get("weight_edit") if state is not None and enabled else None
+    if fast is None:
+        yield False
+        return
+    with fast.active():
+        yield True
+
+
 def _context_on(state: dict, device: torch.device) -> Context:
     """The forward's context on ``device``: a model split across devices (``device_map``) runs later blocks on
     other devices than the embedding, where the context was read; moved once per forward and device."""
@@ -80,7 +196,7 @@ def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iter
     if getattr(model, "_intervention_state", None) is not None:
         raise InterpError("model.intervene blocks cannot be nested; put all interventions in one mapping")
     state: dict = {}
-    fns = {}
+    fns, ivs = {}, {}
     for key, iv in interventions.items():
         site = parse_site(key, model.n_layers)
         if not isinstance(iv, Intervention):
@@ -95,17 +211,26 @@ def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iter
 
         def fn(x, iv=iv):
             return iv.apply(x, _context_on(state, x.device))
-        fns[site] = fn
+        fns[site], ivs[site] = fn, iv
 
     def read_context(module, args, kwargs):
         state["ctx"] = _context(state, args, kwargs)
         state["ctx_on"] = {}
 
+    plan = _weight_plan(model, ivs)
+    handles: dict[Site, list] = {}
     handle = model.hf.base_model.register_forward_pre_hook(read_context, with_kwargs=True)
     model._intervention_state = state
     try:
-        with model.hooks(fns):
-            yield state
+        for site, fn in fns.items():
+            handles[site] = model._register(site, fn)
+        if plan is not None:
+            targets, sites = plan
+            state["weight_edit"] = _WeightEdit(model, targets, [h for s in sites for h in handles[s]])
+        yield state
     finally:
+        for hs in handles.values():
+            for h in hs:
+                h.remove()
         handle.remove()
         model._intervention_state = None

@@ -37,8 +37,6 @@ def _project_out_columns(w: torch.Tensor, u: torch.Tensor) -> None:
 
 def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
     """Edit the weights of ``model`` (or a copy) so nothing writes along ``direction``."""
-    from .model import Model
-
     if getattr(model, "backend", "hf") != "hf":
         raise InterpError("orthogonalize works on the Hugging Face backend; load the model with backend='hf'")
     layout = arch.layout(model)
@@ -53,7 +51,8 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
         if offload.is_offloaded(model.hf):
             raise InterpError("inplace=False copies the model, but an offloaded copy would share its offload files "
                               "with the original; orthogonalize it in place (load it a second time to compare)")
-        model = Model(copy.deepcopy(model.hf), model.tokenizer, model.name + "-orthogonalized", model.source)
+        # type(model), not an import of Model: interp.intervene uses this module, and model imports that
+        model = type(model)(copy.deepcopy(model.hf), model.tokenizer, model.name + "-orthogonalized", model.source)
     hf = model.hf
     offload.check_writable(hf)
     out_emb, in_emb = hf.get_output_embeddings(), hf.get_input_embeddings()
@@ -94,3 +93,76 @@ def orthogonalize(model, direction: torch.Tensor, inplace: bool = True):
     arch.weights_edited(model)
     return model
 
+
+def ablation_weights(model, targets) -> list[tuple[nn.Module, str, torch.Tensor]]:
+    """Edited copies of the weights (and biases) of the modules ``targets`` name, with a span removed.
+
+    ``targets`` is a list of ``(layer, path, basis)``: ``path`` a ``BlockLayout`` field (``attn_o_proj``
+    or ``mlp_down``), ``basis`` orthonormal [k, d] (``Ablate(r).basis``). Returns ``(module, parameter
+    name, edited tensor)`` triples; the model is not touched (``swapped_weights`` puts them in for a
+    while). The edit is the one ``orthogonalize`` makes, W ← W − Q Qᵀ W (float32, or float64 for a
+    float64 weight), so the module's output equals ``Ablate(basis)`` of it up to float rounding.
+
+    Example:
+        edits = ablation_weights(model, [(3, arch.layout(model).mlp_down, Ablate(r).basis)])
+        with swapped_weights(edits):
+            model.generate(["Hi"])
+    """
+    conv1d = arch.layout(model).conv1d
+    out = []
+    with torch.no_grad():
+        for layer, path, basis in targets:
+            lin = arch.module(model, layer, path)
+            w = lin.weight
+            work = torch.float64 if w.dtype == torch.float64 else torch.float32
+            q = basis.to(w.device, work)
+            wf = w.detach().to(work)
+            # residual vectors are rows of a GPT-2 Conv1D weight [in, d], columns of a Linear weight [d, in]
+            edited = wf - (wf @ q.T) @ q if conv1d else wf - q.T @ (q @ wf)
+            out.append((lin, "weight", edited.to(w.dtype)))
+            b = getattr(lin, "bias", None)
+            if b is not None:
+                bf = b.detach().to(work)
+                out.append((lin, "bias", (bf - (bf @ q.T) @ q).to(b.dtype)))
+    return out
+
+
+def can_swap(model) -> bool:
+    """Whether ``swapped_weights`` is safe here: Hugging Face backend, no norm after the block outputs
+    (gemma), weights in memory (not offloaded to meta by accelerate)."""
+    if getattr(model, "backend", "hf") != "hf":
+        return False
+    try:
+        if arch.layout(model).post_norms:
+            return False
+    except InterpError:
+        return False
+    return not any(p.is_meta for p in model.hf.parameters()) and \
+        not any(hasattr(m, "_hf_hook") for m in model.hf.modules())
+
+
+class swapped_weights:
+    """Context manager: put edited tensors in place of module parameters, put the originals back on exit.
+
+    The original ``Parameter`` objects are set aside untouched and restored as they were, so the model's
+    weights are bit-identical afterwards, also when the body raises (``KeyboardInterrupt`` included).
+    """
+
+    def __init__(self, edits: list[tuple[nn.Module, str, torch.Tensor]]):
+        self.edits = edits
+        self.saved: list[tuple[nn.Module, str, nn.Parameter]] = []
+
+    def __enter__(self):
+        try:
+            for mod, name, tensor in self.edits:
+                self.saved.append((mod, name, mod._parameters[name]))
+                mod._parameters[name] = nn.Parameter(tensor, requires_grad=False)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        while self.saved:
+            mod, name, original = self.saved.pop()
+            mod._parameters[name] = original
