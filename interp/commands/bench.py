@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..packaged import DEFAULT_MODEL
+from ..packaged import DEFAULT_MODEL, DEMO_MODEL
 from ._args import add_model_argument, model_name
 
 
@@ -23,14 +23,16 @@ def add_parser(sub) -> None:
     cap.add_argument("--rss-n", type=int, default=64, help="N for the peak-RSS store captures (default 64)")
     cap.add_argument("--json", action="store_true", help="print one JSON object")
     cap.set_defaults(func=run_capture)
-    gen = which.add_parser("generate", help="generation tokens/s: plain HF vs interp ablation vs TransformerLens",
-                           description="Tokens/s of plain HF generate, the same with all-layer directional "
-                           "ablation through model.intervene, and TransformerLens' bridge generate with the same "
-                           "hooks; ratios are relative to plain HF (higher is faster).")
+    gen = which.add_parser("generate", help="generation tokens/s under interventions: interp, TransformerLens, "
+                           "nnsight vs plain HF", description="Tokens/s of plain HF generate and, timed round-robin "
+                           "in the same run, the same under interp's all-layer directional ablation (weight edit, "
+                           "and with every hook), a one-layer Add, and TransformerLens' and nnsight's generate "
+                           "with the same ablation; ratios are relative to plain HF (higher is faster).")
     add_model_argument(gen, DEFAULT_MODEL)
     gen.add_argument("--batch", type=int, default=8, help="prompts per batch (default 8)")
     gen.add_argument("--new-tokens", type=int, default=32, help="tokens generated per prompt (default 32)")
     gen.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
+    gen.add_argument("--no-peers", action="store_true", help="skip TransformerLens and nnsight")
     gen.add_argument("--json", action="store_true", help="print one JSON object")
     gen.set_defaults(func=run_generate)
     ref = which.add_parser("refusal", help="refusal-direction search: pruned vs exhaustive wall time",
@@ -45,6 +47,25 @@ def add_parser(sub) -> None:
     ref.add_argument("--top-k", type=int, default=8, help="pruned mode: candidates fully scored per round")
     ref.add_argument("--json", action="store_true", help="print one JSON object")
     ref.set_defaults(func=run_refusal)
+    demo = which.add_parser("demo", help="the refusal demo's wall time per stage and each stage's share",
+                            description="Run the refusal experiment (what make demo runs; smaller with the "
+                            "options below) and print the wall time of each stage (split/filter, candidates, "
+                            "scorer set-up, selection, evaluation) and its share of the whole.")
+    add_model_argument(demo, DEMO_MODEL)
+    demo.add_argument("--out", help="also write the run's report to this folder")
+    for flag, typ, help_ in (("--n-train", int, "training prompts per class"),
+                             ("--n-val", int, "validation prompts per class"),
+                             ("--n-eval", int, "held-out prompts per class"),
+                             ("--max-new-tokens", int, "tokens per greedy completion"),
+                             ("--top-k", int, "pruned mode: candidates fully scored per round"),
+                             ("--proxy-prompts", int, "pruned mode: proxy prompts per class"),
+                             ("--kl-max", float, "KL filter of the selection"),
+                             ("--induce-min", float, "induce filter of the selection"),
+                             ("--seed", int, "shuffling seed")):
+        demo.add_argument(flag, type=typ, default=None, help=f"{help_} (default: as interp demo)")
+    demo.add_argument("--no-filter", action="store_true", help="do not filter train/val prompts by the baseline")
+    demo.add_argument("--json", action="store_true", help="print one JSON object")
+    demo.set_defaults(func=run_demo)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
@@ -57,6 +78,25 @@ def run_capture(args) -> int:
         print(json.dumps(result))
     else:
         print_table(result)
+    return 0
+
+
+def run_demo(args) -> int:
+    from ..bench.demo import bench_demo, print_table
+    from .demo import DEMO_FILTERS
+    from .refusal import check_args
+
+    check_args(args)
+    name = model_name(args)
+    keys = ("n_train", "n_val", "n_eval", "max_new_tokens", "top_k", "proxy_prompts", "kl_max", "induce_min", "seed")
+    config = {**DEMO_FILTERS.get(name, {}), **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
+    if args.no_filter:
+        config["filter_train"] = False
+    r = bench_demo(name, config, out=args.out, progress=not args.json)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print_table(r)
     return 0
 
 
@@ -82,16 +122,12 @@ def run_refusal(args) -> int:
 
 
 def run_generate(args) -> int:
-    from ..bench.generate import bench_generate
+    from ..bench.generate import bench_generate, print_table
 
-    r = bench_generate(model_name(args), args.batch, args.new_tokens, args.reps, progress=not args.json)
+    r = bench_generate(model_name(args), args.batch, args.new_tokens, args.reps, progress=not args.json,
+                       peers=not args.no_peers)
     if args.json:
         print(json.dumps(r))
         return 0
-    print(f"generate on {r['model']} ({r['batch']} prompts x {r['new_tokens']} new tokens, median of {r['reps']})")
-    print(f"  plain HF generate              {r['plain_tok_s']:.1f} tok/s (1.00x)")
-    for key, label in (("interp_ablate", "interp, ablation at all layers"),
-                       ("transformer_lens", "TransformerLens bridge, same")):
-        v = r["ratios"][key]
-        print(f"  {label:<31}{f'{v:.3f}x' if v is not None else 'n/a (' + r['reasons'][key] + ')'}")
+    print_table(r)
     return 0
