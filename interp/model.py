@@ -282,7 +282,11 @@ class Model:
         return self._unembed(h)
 
     def _unembed(self, h: torch.Tensor) -> torch.Tensor:
-        logits = self.hf.get_output_embeddings()(h)
+        head = self.hf.get_output_embeddings()
+        w = head.weight
+        # a float32 capture kept on the CPU meets a bf16 head on a GPU: match it (an offloaded head moves it itself)
+        h = h.to(dtype=w.dtype) if w.is_meta else h.to(w.device, w.dtype)
+        logits = head(h)
         cap = getattr(self.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
@@ -308,7 +312,7 @@ class Model:
                 h = self._run_upper_blocks(base, start_layer, resid, batch, kv)
             else:  # no fast path for this architecture: replace the block input, run everything
                 def replace(x):
-                    return resid.to(x.dtype)
+                    return resid.to(x.device, x.dtype)
                 with self.hooks({Site("resid_pre", start_layer): replace}, prepend=True):
                     h = base(**batch, use_cache=cache is not None, **kv).last_hidden_state
             return self._unembed(h[:, -1])
@@ -333,6 +337,7 @@ class Model:
             if types is not None:
                 base.config.layer_types = list(types)[start:]
             # attention modules keep their absolute layer index, so a full-depth KV cache still lines up
+            resid = resid.to(self.device, base.get_input_embeddings().weight.dtype)
             return base(inputs_embeds=resid, attention_mask=batch["attention_mask"],
                         position_ids=batch["position_ids"], use_cache=bool(kv), **kv).last_hidden_state
         finally:
