@@ -20,7 +20,7 @@ import interp
 ROOT = Path(interp.__file__).parent
 # nnsight_backend.py: a backend (like tl_backend) — it guards base_model while sites are recorded
 CORE = {"arch.py", "model.py", "capture.py", "intervene.py", "tl_backend.py", "nnsight_backend.py"}
-PAPERS = ["refusal", "harmfulness", "numeric", "binding", "rank", "sae", "patching"]
+PAPERS = ["refusal", "harmfulness", "numeric", "binding", "rank", "sae", "patching", "steering"]
 
 
 def _modules() -> dict[str, Path]:
