@@ -8,6 +8,7 @@ that walks data → capture → analyzer → intervention → evaluation → rep
 - ``binding``: IsSameObject binding probes (Li et al.)
 - ``rank`` and ``sae``: attention rank and active-subspace SAE init
 - ``patching``: activation patching, DAS and the subspace-patching illusion (Makelov et al. 2023)
+- ``steering``: contrastive steering vectors from prompt pairs (CAA-style mean difference), strength sweep
 
 Modules whose name starts with ``_`` hold an experiment's model-running pieces (the refusal candidate
 scorer, the patching sweep and DAS); the choice of every setting on validation data and the one read
