@@ -143,7 +143,8 @@ def load_sae(path_or_release, model=None, sae_id: str | None = None, device: str
     """Load a SAELens-format SAE folder (``cfg.json`` + weights), or ``release`` + ``sae_id`` from SAELens'
     registry (needs the network or the hub cache); check its site (and width) against ``model``.
 
-    Returns the ``sae_lens`` SAE, on the model's device when a model is given.
+    Returns the ``sae_lens`` SAE, on the model's device when a model is given; an SAE saved by an older
+    interp (hook name ``resid_post.1``) gets its TransformerLens hook name in memory.
 
     Example:
         sae = load_sae("runs/sae_l1/active/sae", model)
@@ -169,6 +170,8 @@ def load_sae(path_or_release, model=None, sae_id: str | None = None, device: str
                               f"{type(e).__name__}: {str(e)[:300]} (offline? download it once, or give a "
                               f"folder)") from e
     site = sae_site(sae, model)
+    if sae.cfg.metadata.hook_name != site.tl_name:  # interp's old spelling ("resid_post.1") hooks nothing in SAELens
+        sae.cfg.metadata.hook_name = site.tl_name
     if model is not None:
         from .interventions import SAEView
 

@@ -100,6 +100,13 @@ def test_saelens_saved_sae_loads_into_interp(tiny_llama, tmp_path):
     assert torch.equal(spliced, ref(x)) and torch.equal(spliced, Splice(ref).apply(x, Context.whole(x)))
 
 
+def test_old_interp_folder_loads_with_its_transformer_lens_name(tiny_llama, tmp_path):
+    sae = _training_sae("topk")
+    sae.cfg.metadata.hook_name = "resid_post.1"  # what interp wrote before
+    sae.save_inference_model(str(tmp_path))
+    assert load_sae(tmp_path, tiny_llama).cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+
+
 def test_load_bad_input(tiny_llama, tmp_path):
     with pytest.raises(InterpError, match="cfg.json"):
         load_sae(tmp_path)
