@@ -4,7 +4,10 @@ RAM stays bounded by one shard whatever the corpus size. Each shard is written
 to a temporary file and renamed into place, and the JSON manifest is rewritten
 the same way after every shard, so a killed capture loses at most the shard in
 flight: run the same call again and it resumes after the last finished shard.
-Shard checksums (SHA-256) are verified when read.
+Shard checksums (SHA-256) are verified when read. Several processes can fill
+one store (``interp.distributed.capture_to_store_parallel`` under torchrun):
+shard boundaries do not depend on the number of workers, each worker journals
+its finished shards, and one manifest is committed at the end.
 
 Example:
     store = model.capture_to_store(prompts, "acts/", sites="resid_post.6")
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,6 +35,7 @@ from .sites import SiteLike, expand_sites, parse_site
 
 FORMAT = "interp-activation-store/1"
 MANIFEST = "manifest.json"
+JOURNAL_GLOB = "journal-*.json"  # per-worker lists of finished shards during a parallel capture
 
 
 _SHARD_RE = re.compile(r"^shard-\d{9}\.safetensors$")
@@ -163,22 +168,36 @@ class ActivationStore:
             yield buffer
 
 
-def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | Sequence[SiteLike] = "resid_post",
-                     positions="last", *, shard_size: int = 256, chat: bool = True, system: str | None = None,
-                     batch_size: int = 8, dtype: torch.dtype = torch.float32, progress: bool = True,
-                     overwrite: bool = False, encoded=None) -> ActivationStore:
-    """Capture to ``out_dir`` shard by shard; resume if a matching store is there.
+@dataclass
+class _Plan:
+    """One capture into a store, checked and ready: what each shard needs, and what is already done."""
 
-    A store made by another model, with other sites, positions (explicit
-    indices and masks are compared by value) or prompts is refused (pass
-    another directory, or ``overwrite=True``). Every argument is checked
-    before anything on disk changes, so a typo never costs the old store.
-    On resume each finished shard's checksum is verified; a damaged shard is
-    captured again. ``encoded`` takes pre-tokenized prompts
-    (``Model.encode``) instead of ``prompts``.
-    """
-    from .capture import capture
+    out: Path
+    enc: object  # Encoded
+    sites: list[str]
+    positions: object
+    header: dict
+    chat: bool
+    system: str | None
+    batch_size: int
+    dtype: torch.dtype
+    shard_size: int
+    done: dict = field(default_factory=dict)  # start -> manifest entry of a finished, checksum-verified shard
 
+    @property
+    def starts(self) -> list[int]:
+        return list(range(0, len(self.enc.texts), self.shard_size))
+
+    def stop(self, start: int) -> int:
+        return min(start + self.shard_size, len(self.enc.texts))
+
+    def pending(self) -> list[int]:
+        return [s for s in self.starts if not (s in self.done and self.done[s]["stop"] == self.stop(s))]
+
+
+def _plan(model, prompts, out_dir, sites, positions, *, shard_size, chat, system, batch_size, dtype,
+          encoded) -> _Plan:
+    """Check every argument and build the store header; touches nothing on disk."""
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InterpError(f"{name} must be a positive int, got {value!r}")
@@ -197,11 +216,18 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
         "dtype": str(dtype).replace("torch.", ""), "shard_size": shard_size, "n_prompts": len(enc.texts),
         "prompt_hashes": [prompt_hash(t) for t in enc.texts],
     }
+    return _Plan(out, enc, site_list, positions, header, chat, system, batch_size, dtype, shard_size)
+
+
+def _open_for_writing(plan: _Plan, overwrite: bool) -> None:
+    """Refuse a store made differently, clear it on ``overwrite``, collect verified finished shards into
+    ``plan.done`` (from the manifest and from any workers' journals) and write the starting manifest."""
+    out, header = plan.out, plan.header
     manifest_path = out / MANIFEST
     done: dict[int, dict] = {}
     if overwrite:
         out.mkdir(parents=True, exist_ok=True)
-        for stale in out.glob("shard-*.safetensors*"):
+        for stale in [*out.glob("shard-*.safetensors*"), *out.glob(JOURNAL_GLOB)]:
             stale.unlink()
     elif manifest_path.exists():
         old = read_manifest(manifest_path)
@@ -210,9 +236,10 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
             detail = "; ".join(f"{k}: stored {_short(old.get(k))} vs now {_short(header[k])}" for k in diffs)
             raise InterpError(f"{out} holds a store made differently ({detail}); refusing to mix. Use another "
                               f"directory or overwrite=True")
-        # a shard counts as done only if its bytes still hash to what the manifest says
-        done = {e["start"]: e for e in old["shards"] if (out / e["file"]).is_file()
-                and sha256_file(out / e["file"]) == e["sha256"]}
+        # a shard counts as done only if its bytes still hash to what the manifest (or a journal) says
+        for e in [*old["shards"], *_journal_entries(out)]:
+            if e["start"] not in done and (out / e["file"]).is_file() and sha256_file(out / e["file"]) == e["sha256"]:
+                done[e["start"]] = e
     else:
         foreign = sorted(p.name for p in out.glob("shard-*.safetensors")) if out.is_dir() else []
         if foreign:
@@ -222,32 +249,87 @@ def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | S
         out.mkdir(parents=True, exist_ok=True)
     for leftover in out.glob("shard-*.safetensors.tmp"):  # from a capture killed mid-write
         leftover.unlink()
-    manifest = {**header, "shards": []}
+    plan.done = done
     # the manifest exists before the first shard does, so shards on disk are never unaccounted for
-    _write_json(manifest_path, {**header, "shards": [e for e in done.values()]})
-    starts = range(0, len(enc.texts), shard_size)
-    bar = tqdm(starts, desc=f"store {out.name}", unit="shard", disable=not progress)
+    _write_json(manifest_path, {**header, "shards": [done[s] for s in sorted(done)]})
+    for journal in out.glob(JOURNAL_GLOB):  # their verified entries are in the manifest now
+        journal.unlink()
+
+
+def _capture_shard(model, plan: _Plan, start: int) -> dict:
+    """Capture prompts [start, stop) into ``shard-<start>.safetensors`` (written whole, then renamed)."""
+    from .capture import capture
+
+    stop, enc = plan.stop(start), plan.enc
+    sub = type(enc)(enc.texts[start:stop], enc.ids[start:stop], enc.spans[start:stop])
+    acts = capture(model, None, plan.sites, _slice_positions(plan.positions, start, stop), chat=plan.chat,
+                   system=plan.system, batch_size=plan.batch_size, dtype=plan.dtype, progress=False, encoded=sub)
+    name = f"shard-{start:09d}.safetensors"
+    tmp = plan.out / (name + ".tmp")
+    acts.save(tmp)
+    entry = {"file": name, "start": start, "stop": stop, "sha256": sha256_file(tmp),
+             "bytes": tmp.stat().st_size, "n_tokens": int(acts.mask.sum())}
+    os.replace(tmp, plan.out / name)
+    return entry
+
+
+def _journal_entries(out: Path) -> list[dict]:
+    """Finished-shard entries that parallel workers recorded (``journal-*.json``)."""
+    return [e for path in sorted(out.glob(JOURNAL_GLOB)) for e in read_journal(path)]
+
+
+def read_journal(path: Path) -> list[dict]:
+    """Well-formed shard entries of one worker's journal; an unreadable journal gives none (its shards are
+    simply captured again, never trusted)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    return [e for e in (data.get("shards", []) if isinstance(data, dict) else [])
+            if isinstance(e, dict) and isinstance(e.get("file"), str) and _SHARD_RE.match(e["file"])
+            and all(isinstance(e.get(k), int) for k in ("start", "stop", "n_tokens"))
+            and isinstance(e.get("sha256"), str)]
+
+
+def _commit(plan: _Plan, entries: Sequence[dict]) -> None:
+    """Write the final manifest (finished shards by start) in one atomic replace."""
+    by_start = {**plan.done, **{e["start"]: e for e in entries}}
+    _write_json(plan.out / MANIFEST, {**plan.header, "shards": [by_start[s] for s in sorted(by_start)]})
+
+
+def capture_to_store(model, prompts: Sequence[str], out_dir, sites: SiteLike | Sequence[SiteLike] = "resid_post",
+                     positions="last", *, shard_size: int = 256, chat: bool = True, system: str | None = None,
+                     batch_size: int = 8, dtype: torch.dtype = torch.float32, progress: bool = True,
+                     overwrite: bool = False, encoded=None) -> ActivationStore:
+    """Capture to ``out_dir`` shard by shard; resume if a matching store is there.
+
+    A store made by another model, with other sites, positions (explicit
+    indices and masks are compared by value) or prompts is refused (pass
+    another directory, or ``overwrite=True``). Every argument is checked
+    before anything on disk changes, so a typo never costs the old store.
+    On resume each finished shard's checksum is verified; a damaged shard is
+    captured again. ``encoded`` takes pre-tokenized prompts
+    (``Model.encode``) instead of ``prompts``. Shard ``i`` always holds
+    prompts ``[i·shard_size, (i+1)·shard_size)``, so a store written by
+    several processes (``interp.distributed``) equals this one, and either can
+    resume the other.
+    """
+    plan = _plan(model, prompts, out_dir, sites, positions, shard_size=shard_size, chat=chat, system=system,
+                 batch_size=batch_size, dtype=dtype, encoded=encoded)
+    _open_for_writing(plan, overwrite)
+    manifest_path = plan.out / MANIFEST
+    pending = set(plan.pending())
+    finished: dict[int, dict] = {}
+    bar = tqdm(plan.starts, desc=f"store {plan.out.name}", unit="shard", disable=not progress)
     for start in bar:
-        stop = min(start + shard_size, len(enc.texts))
-        if start in done and done[start]["stop"] == stop:
-            manifest["shards"].append(done[start])
+        if start not in pending:
             continue
-        sub = type(enc)(enc.texts[start:stop], enc.ids[start:stop], enc.spans[start:stop])
-        acts = capture(model, None, site_list, _slice_positions(positions, start, stop), chat=chat, system=system,
-                       batch_size=batch_size, dtype=dtype, progress=False, encoded=sub)
-        name = f"shard-{start:09d}.safetensors"
-        tmp = out / (name + ".tmp")
-        acts.save(tmp)
-        entry = {"file": name, "start": start, "stop": stop, "sha256": sha256_file(tmp),
-                 "bytes": tmp.stat().st_size, "n_tokens": int(acts.mask.sum())}
-        os.replace(tmp, out / name)
-        manifest["shards"].append(entry)
-        # finished shards of the old manifest stay listed until this run passes them
-        _write_json(manifest_path, {**manifest, "shards": manifest["shards"] + [
-            e for s0, e in sorted(done.items()) if s0 > start]})
-        del acts
-    _write_json(manifest_path, manifest)
-    return ActivationStore(out)
+        finished[start] = _capture_shard(model, plan, start)
+        # finished shards of the old manifest stay listed, so a kill now loses only the shard in flight
+        by_start = {**plan.done, **finished}
+        _write_json(manifest_path, {**plan.header, "shards": [by_start[s] for s in sorted(by_start)]})
+    _commit(plan, list(finished.values()))
+    return ActivationStore(out_dir)
 
 
 def _slice_positions(positions, start: int, stop: int):

@@ -26,7 +26,19 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                    help="dtype of the stored activations (default float32)")
     p.add_argument("--overwrite", action="store_true", help="replace a store made with other settings")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes on this machine, each with its own copy of the model (one GPU each when CUDA "
+                   "is there), launched with torchrun; they write one store. On a cluster run `torchrun ... -m "
+                   "interp capture ...` instead (see docs/scale.md). Default 1")
     p.set_defaults(func=run)
+
+
+def worker_argv(args) -> list[str]:
+    """The command line each torchrun worker runs: this one without --workers."""
+    argv = ["capture", args.model, "--prompts", args.prompts, "--sites", *args.sites,
+            f"--positions={args.positions}", "--out", args.out, "--batch-size", str(args.batch_size),
+            "--shard-size", str(args.shard_size), "--dtype", args.dtype]
+    return argv + ["--plain"] * args.plain + ["--overwrite"] * args.overwrite
 
 
 def parse_positions(text: str):
@@ -40,19 +52,27 @@ def run(args) -> int:
     import torch
 
     from ..data.prompts import read_prompt_file as read_lines
+    from .. import distributed
     from ..loading import load_model, precheck_sites
 
     # everything the command line can get wrong fails here, before a model load of several seconds
-    for name in ("batch_size", "shard_size"):
+    for name in ("batch_size", "shard_size", "workers"):
         if getattr(args, name) < 1:
             raise InterpError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     prompts = read_lines(args.prompts)
     precheck_sites(args.model, args.sites)
     positions = parse_positions(args.positions)
-    model = load_model(args.model)
-    store = model.capture_to_store(prompts, args.out, args.sites, positions,
-                                   chat=not args.plain, batch_size=args.batch_size, shard_size=args.shard_size,
-                                   dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    if args.workers > 1 and not distributed.launched():
+        return distributed.launch(worker_argv(args), args.workers)
+    # under torchrun (from --workers or launched by hand) each worker captures its share of the shards
+    rank, _ = distributed.init()
+    model = load_model(args.model, device=distributed.worker_device() if distributed.launched() else None,
+                       progress=rank == 0)
+    store = distributed.capture_to_store_parallel(
+        model, prompts, args.out, args.sites, positions, chat=not args.plain, batch_size=args.batch_size,
+        shard_size=args.shard_size, dtype=getattr(torch, args.dtype), overwrite=args.overwrite)
+    if rank != 0:
+        return 0
     print(json.dumps({"out": str(store.path), "examples": store.n_examples, "tokens": store.n_tokens,
                       "shards": len(store), "sites": len(store.sites)}))
     return 0
