@@ -1,4 +1,4 @@
-"""Data-parallel capture (and generation) on ``torch.distributed``, launched by ``torchrun``.
+"""Data-parallel capture on ``torch.distributed``, launched by ``torchrun``.
 
 N workers each load the model, take every N-th unfinished shard of the prompt
 list and write it into one ``ActivationStore``. Shard ``i`` always holds prompts
@@ -171,26 +171,6 @@ def capture_to_store_parallel(model, prompts: Sequence[str], out_dir, sites: Sit
         raise InterpError("parallel capture failed (finished shards are kept; run the same command again to "
                           "resume): " + "; ".join(f for f in failures if f))
     return ActivationStore(out_dir)
-
-
-def generate_parallel(model, prompts: Sequence[str], max_new_tokens: int = 64, **kwargs) -> list[str]:
-    """``model.generate`` split over the workers of a torchrun launch: each worker generates every N-th prompt
-    and every worker gets all completions, in prompt order. Outside a launch it is ``model.generate``.
-
-    Greedy completions equal the single-process ones up to batch composition (padding changes float
-    rounding); pass the same ``batch_size`` to compare.
-    """
-    rank, size = init()
-    if size == 1:
-        return model.generate(prompts, max_new_tokens=max_new_tokens, **kwargs)
-    prompts = list(prompts)
-    idx = list(range(rank, len(prompts), size))
-    mine = model.generate([prompts[i] for i in idx], max_new_tokens=max_new_tokens, **kwargs) if idx else []
-    out = [""] * len(prompts)
-    for part in _all_gather(list(zip(idx, mine))):
-        for i, text in part:
-            out[i] = text
-    return out
 
 
 def launch(argv: Sequence[str], workers: int, threads_per_worker: int | None = None) -> int:

@@ -141,6 +141,19 @@ class ActivationStore:
             parts.append(acts)
         return Activations.concat(parts)
 
+    def iter_examples(self, sites: Sequence[SiteLike] | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """Per shard, ``(start, X, mask)``: X [examples, sites, positions, d] of the shard's prompts (from
+        prompt ``start`` on), mask [examples, positions]; one shard in memory at a time. The input of the
+        streaming ``fit_store`` of the analyzers.
+        """
+        keys = [str(parse_site(s)) for s in (sites if sites is not None else self.sites)]
+        missing = [k for k in keys if k not in self.sites]
+        if missing:
+            raise InterpError(f"sites {', '.join(missing)} are not in this store; stored sites: {', '.join(self.sites)}")
+        for i in range(len(self)):
+            acts = self.shard(i)
+            yield self.manifest["shards"][i]["start"], torch.stack([acts[k] for k in keys], 1), acts.mask
+
     def iter_batches(self, site: SiteLike, batch_size: int = 4096, shuffle: bool = False, seed: int = 0,
                      drop_last: bool = False) -> Iterator[torch.Tensor]:
         """Valid token rows of one site, [batch, d], one shard in memory at a time.

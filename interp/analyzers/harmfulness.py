@@ -147,6 +147,49 @@ class LatentGuard(ClassifierMixin, BaseEstimator):
         self.calibration_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
         return self
 
+    def fit_store(self, store, y, sites=None) -> "LatentGuard":
+        """``fit`` from an ``ActivationStore`` larger than RAM: two passes, one shard in memory at a time.
+
+        The store holds one position per prompt (the last instruction token) at ``sites`` (default: all
+        stored, in store order, e.g. ``resid_post`` of every layer), which become the guard's layers; ``y``
+        has one label per stored prompt. Pass 1 sums each class in float64 (the centroids), pass 2 scores
+        every prompt for the calibration; equal to ``fit`` on the loaded arrays up to summation order.
+
+        Example:
+            guard = LatentGuard().fit_store(ActivationStore("acts/"), labels)
+        """
+        from sklearn.linear_model import LogisticRegression
+
+        from .refusal import _store_labels
+
+        y, classes, harmful = _binary_labels(_store_labels(store, y), store.n_examples, self.harmful_label)
+        is_harmful = y == harmful
+
+        def batches():
+            for start, X, mask in store.iter_examples(sites):
+                if X.shape[2] != 1 or not bool(mask.all()):
+                    raise InterpError(f"LatentGuard.fit_store needs one captured position per prompt (e.g. "
+                                      f"positions='instruction_last'); the store has {X.shape[2]}")
+                yield start, self._select(X[:, :, 0].double())
+
+        sums = counts = None
+        for start, X in batches():
+            h = torch.from_numpy(is_harmful[start:start + X.shape[0]])
+            if sums is None:
+                sums, counts = torch.zeros((2,) + tuple(X.shape[1:]), dtype=torch.float64), [0, 0]
+            sums[1] += X[h].sum(0)
+            sums[0] += X[~h].sum(0)
+            counts[1] += int(h.sum())
+            counts[0] += int((~h).sum())
+        self.harmful_centroid_ = (sums[1] / counts[1]).numpy()
+        self.harmless_centroid_ = (sums[0] / counts[0]).numpy()
+        self.n_features_in_, self.n_layers_in_ = sums.shape[-1], sums.shape[1]
+        self.classes_, self.harmful_class_ = classes, harmful
+        scores = np.concatenate([self._belief(X) for _, X in batches()])
+        lr = LogisticRegression().fit(scores[:, None], is_harmful.astype(np.int64))
+        self.calibration_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+        return self
+
     def _belief(self, X: torch.Tensor) -> np.ndarray:
         cos = torch.nn.functional.cosine_similarity
         harmful, harmless = torch.from_numpy(self.harmful_centroid_), torch.from_numpy(self.harmless_centroid_)

@@ -96,6 +96,67 @@ class DiffOfMeans(TransformerMixin, BaseEstimator):
         self.classes_, self.positive_ = classes, positive
         return self
 
+    def partial_fit(self, X, y, classes=None) -> "DiffOfMeans":
+        """Add a batch of examples to float64 running sums; ``direction_`` is current after every call.
+
+        ``classes`` (all labels) is needed on the first call unless that batch already holds two labels
+        (scikit-learn's partial_fit convention). A sequence of ``partial_fit`` calls gives the ``fit`` of
+        all batches at once, up to float64 summation order.
+
+        Example:
+            >>> est = DiffOfMeans().partial_fit([[2.0], [0.0]], [1, 0]).partial_fit([[4.0]], [1])
+            >>> est.direction_.tolist()
+            [3.0]
+        """
+        first = not hasattr(self, "sums_")
+        X = _tensor(_validated(self, X, ensure_min_samples=1, reset=first))
+        y = np.asarray(_numpy(y))
+        if y.ndim != 1 or y.shape[0] != X.shape[0]:
+            raise InterpError(f"y must be one label per example: {X.shape[0]} examples, y of shape {y.shape}")
+        if first:
+            classes = np.unique(y if classes is None else np.asarray(classes))
+            if len(classes) < 2:
+                raise InterpError(f"a difference of means needs two classes; the first partial_fit saw only "
+                                  f"{classes.tolist()}: pass classes=[...] with every label")
+            positive = classes[-1] if self.positive is None else self.positive
+            if positive not in classes.tolist():
+                raise InterpError(f"positive={positive!r} is not one of the labels {classes.tolist()}")
+            self.classes_, self.positive_ = classes, positive
+            self.sums_ = torch.zeros((2,) + tuple(X.shape[1:]), dtype=torch.float64)  # [rest, positive]
+            self.counts_ = np.zeros(2, dtype=np.int64)
+        elif tuple(X.shape[1:]) != tuple(self.sums_.shape[1:]):
+            raise InterpError(f"X has shape {tuple(X.shape)}, earlier batches were [examples, "
+                              f"{', '.join(map(str, self.sums_.shape[1:]))}]")
+        unknown = set(np.unique(y).tolist()) - set(self.classes_.tolist())
+        if unknown:
+            raise InterpError(f"labels {sorted(unknown)} were not among classes {self.classes_.tolist()}")
+        is_pos = torch.from_numpy(y == self.positive_)
+        self.sums_[1] += X[is_pos].sum(0)
+        self.sums_[0] += X[~is_pos].sum(0)
+        self.counts_ += [int((~is_pos).sum()), int(is_pos.sum())]
+        if self.counts_.min() > 0:
+            self.direction_ = (self.sums_[1] / int(self.counts_[1]) - self.sums_[0] / int(self.counts_[0])).numpy()
+        return self
+
+    def fit_store(self, store, y, sites=None) -> "DiffOfMeans":
+        """Fit from an ``ActivationStore`` larger than RAM, one shard at a time.
+
+        ``y`` holds one label per stored prompt (in store order); X per prompt is [sites, positions, d]
+        (``sites`` default: all stored, in store order), as ``candidate_directions`` builds it in memory.
+
+        Example:
+            est = DiffOfMeans(positive=1).fit_store(ActivationStore("acts/"), labels, ["resid_pre.10"])
+        """
+        y = _store_labels(store, y)
+        for attr in ("sums_", "counts_", "direction_"):
+            self.__dict__.pop(attr, None)
+        for start, X, mask in store.iter_examples(sites):
+            _all_positions(mask)
+            self.partial_fit(X, y[start:start + X.shape[0]], classes=np.unique(y))
+        if not hasattr(self, "direction_"):
+            raise InterpError("the store holds examples of one class only; a difference of means needs two")
+        return self
+
     def transform(self, X) -> np.ndarray:
         """Projection of each example on the unit direction(s): [examples, number of directions]."""
         check_is_fitted(self, "direction_")
@@ -106,6 +167,23 @@ class DiffOfMeans(TransformerMixin, BaseEstimator):
                               f"{', '.join(map(str, d.shape))}]")
         unit = d / d.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         return (X * unit).sum(-1).reshape(X.shape[0], -1).numpy()
+
+
+def _store_labels(store, y) -> np.ndarray:
+    """One label per stored prompt, checked against a complete store."""
+    if not store.complete:
+        raise InterpError(f"the store at {store.path} is incomplete ({store.n_examples} of "
+                          f"{store.manifest['n_prompts']} prompts); run the same capture again to finish it")
+    y = np.asarray(_numpy(y))
+    if y.ndim != 1 or y.shape[0] != store.n_examples:
+        raise InterpError(f"y must hold one label per stored prompt ({store.n_examples}), got shape {y.shape}")
+    return y
+
+
+def _all_positions(mask: torch.Tensor) -> None:
+    if not bool(mask.all()):
+        raise InterpError("some prompts have fewer captured positions than others (padding in the store); a "
+                          "per-example grid needs a fixed position count (e.g. 'last' or post_instruction)")
 
 
 def candidate_directions(harmful_acts, harmless_acts, name: str = "resid_pre") -> torch.Tensor:
