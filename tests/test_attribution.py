@@ -132,7 +132,8 @@ def test_smollm2_ioi_atp_tracks_activation_patching(smollm):
     out = compare_with_patching(smollm, ioi_task(smollm, n=8, seed=0), ["resid_pre"], progress=False)
     rho, speedup = out["spearman_vs_activation_patching"]["resid_pre"], out["speedup"]
     # measured (8 pairs, seed 0, 30 layers x positions -1..-5 = 150 cells; 2 heavily shared cores, 1 thread):
-    # rho 0.967; AtP 13.7 s vs the sweep's 644 s (152 forwards) = 47x. Thresholds: the targets, with the
-    # measured values well above them (rho margin 0.27, speed-up margin 4.7x)
-    assert rho >= 0.7, rho
+    # rho 0.967; AtP 13.7 s vs the sweep's 644 s (152 forwards) = 47x (the targets: 0.7 and 10x).
+    # rho: the measured 0.967 less a 0.1 margin (same seed and pairs: only float noise moves it); speed-up: the
+    # issue's 10x target, 4.7x below the measured value because wall-time ratios vary with the machine's load
+    assert rho >= 0.85, rho
     assert speedup >= 10, speedup
