@@ -48,7 +48,12 @@ from .sites import SiteLike
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size) of this process; (0, 1) outside a distributed launch."""
+    """(rank, world size) of this process; (0, 1) outside a distributed launch.
+
+    Example:
+        >>> world()
+        (0, 1)
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -57,12 +62,21 @@ def world() -> tuple[int, int]:
 
 
 def launched() -> bool:
-    """Whether this process is one worker of a multi-process launch (``torchrun`` sets WORLD_SIZE)."""
+    """Whether this process is one worker of a multi-process launch (``torchrun`` sets WORLD_SIZE).
+
+    Example:
+        >>> launched()
+        False
+    """
     return world()[1] > 1
 
 
 def worker_device() -> str | None:
-    """The device a worker should load its model on: its own GPU (LOCAL_RANK) when CUDA is there, else None."""
+    """The device a worker should load its model on: its own GPU (LOCAL_RANK) when CUDA is there, else None.
+
+    Example:
+        model = load_model(name, device=worker_device())
+    """
     if torch.cuda.is_available():
         return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return None
@@ -73,6 +87,9 @@ def init(backend: str | None = None, timeout_s: float = 24 * 3600) -> tuple[int,
 
     Outside a launch (no WORLD_SIZE) nothing happens and (0, 1) is returned. The timeout is long
     because workers wait for each other only at the end of a capture, which may take hours.
+
+    Example:
+        rank, size = init()    # in a script started by torchrun
     """
     import torch.distributed as dist
 
