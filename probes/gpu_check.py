@@ -13,7 +13,8 @@ On a machine without CUDA it prints why and exits with status 2 before loading a
 Paste the printed table into the README's benchmark section (``--json`` prints one JSON object).
 
 Usage:
-    HF_HUB_OFFLINE=1 .venv/bin/python probes/gpu_check.py smollm2-135m-instruct --out reports/gpu_check
+    HF_HUB_OFFLINE=1 .venv/bin/python probes/gpu_check.py --out reports/gpu_check      # the demo model, bf16
+    HF_HUB_OFFLINE=1 .venv/bin/python probes/gpu_check.py smollm2-135m-instruct --no-filter
     HF_HUB_OFFLINE=1 .venv/bin/python probes/gpu_check.py qwen2.5-coder-1.5b-instruct --dtype float16 --json
 """
 from __future__ import annotations
@@ -68,7 +69,8 @@ def bench_capture_on(model, batch: int, seq: int, reps: int, sync) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", nargs="?", default="smollm2-135m-instruct", help="packaged name, folder or hub id")
+    p.add_argument("model", nargs="?", default="qwen2.5-coder-1.5b-instruct",
+                   help="packaged name, folder or hub id (default: the demo model)")
     p.add_argument("--device", default="cuda", help="a CUDA device (default cuda)")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                    help="weight dtype (default bfloat16)")
@@ -78,6 +80,8 @@ def main(argv=None) -> int:
     p.add_argument("--new-tokens", type=int, default=32, help="tokens per prompt in the generate benchmark")
     p.add_argument("--n-train", type=int, default=16, help="demo: training prompts per class (default 16)")
     p.add_argument("--skip-demo", action="store_true", help="only the benchmarks")
+    p.add_argument("--no-filter", action="store_true",
+                   help="demo: do not filter train/val prompts by the baseline (models that rarely refuse, e.g. smollm2)")
     p.add_argument("--out", help="demo report folder (default: none written)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
@@ -105,10 +109,13 @@ def main(argv=None) -> int:
                          peers=False)
     result["generate"] = {k: gen[k] for k in ("plain_tok_s", "ratios") if k in gen}
     if not args.skip_demo:
+        from interp.commands.demo import DEMO_FILTERS
         from interp.experiments import refusal
 
+        # interp demo's selection filters for this model, at a smaller size
         config = refusal.Config(n_train=args.n_train, n_val=max(4, args.n_train // 2), n_eval=max(4, args.n_train // 2),
-                                max_new_tokens=24, batch_size=args.batch)
+                                max_new_tokens=24, batch_size=args.batch, filter_train=not args.no_filter,
+                                **DEMO_FILTERS.get(args.model, {}))
         t0 = time.perf_counter()
         res = refusal.run(model, config, args.out, progress=not args.json)
         sync()
