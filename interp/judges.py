@@ -372,8 +372,9 @@ class HFClassifierJudge(Judge):
             (("yes", "Yes"), ("no", "No"))
         first = lambda forms: sorted({tok.encode(f, add_special_tokens=False)[0] for w in forms  # noqa: E731
                                       for f in (w, " " + w, "\n\n" + w) if tok.encode(f, add_special_tokens=False)})
-        a, b = first(yes), first(no)
-        if set(a) & set(b):
+        a, b = set(first(yes)), set(first(no))
+        a, b = sorted(a - b), sorted(b - a)  # a token that starts both (a space, a newline) tells nothing
+        if not a or not b:
             raise InterpError(f"the classifier's tokenizer starts both answers with the same token; kind "
                               f"{self.kind!r} may be wrong for {self.source}")
         return a, b
