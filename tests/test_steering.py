@@ -122,3 +122,22 @@ def test_cli_help_and_bad_pairs_fail_before_loading(tmp_path):
     out = subprocess.run([sys.executable, "-m", "interp.cli", "steer", "no-such-model", "--pairs", str(bad), "--json"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "is not JSON" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_steering_changes_yes_no_answers_on_held_out_pairs(smollm):
+    """SmolLM2 answers "No" to nearly every yes/no question; the vector from the train pairs, at the layer and
+    strength chosen on validation, turns test replies into "Yes" at a bounded prose cost."""
+    # layer 18 won the validation choice among 12, 15 and 18 in a full run (docs/tools.md); one layer keeps this short
+    cfg = steering.Config(layers=(18,), strengths=(0.0, 0.5), ce_passages=4, max_new_tokens=2)
+    r = steering.run(smollm, cfg).report
+    at = {row["strength"]: row for row in r["test_sweep"]}
+    chosen = at[r["chosen"]["strength"]]
+    print(r["chosen"], {s: (row["positive_rate"], round(row["margin"], 2), round(row["ce_increase"], 3))
+                        for s, row in at.items()})
+    # measured here (16 test pairs, seed 0, chosen strength 0.5): "Yes" replies 0.00 -> 1.00, margin -1.27 -> 3.30
+    # nats (gain 4.57), prose CE +0.288 nats/token on 4 passages (validation +0.458); thresholds at about half the
+    # measured gains, and twice the CE budget. 169 s of CPU on the shared, overloaded 2-core machine.
+    assert chosen["positive_rate"] - at[0.0]["positive_rate"] >= 0.5
+    assert chosen["margin"] - at[0.0]["margin"] >= 2.0
+    assert chosen["ce_increase"] <= 1.0
