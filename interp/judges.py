@@ -248,9 +248,11 @@ class ModelJudge(Judge):
             out[i] = self._read_cache(key)
             if out[i] is None:
                 todo.append(i)
-        if todo:
-            fresh = self._score([self._ids(prompts[i], completions[i]) for i in todo])
-            for i, row in zip(todo, fresh):
+        chunk = 4 * self.batch_size  # cached as it goes: a run stopped half-way keeps what it judged
+        for s in tqdm(range(0, len(todo), chunk), desc="judge", disable=not self.progress or len(todo) <= chunk):
+            part = todo[s:s + chunk]
+            fresh = self._score([self._ids(prompts[i], completions[i]) for i in part])
+            for i, row in zip(part, fresh):
                 out[i] = row
                 self._write_cache(keys[i], prompts[i], completions[i], row)
         return torch.tensor(out, dtype=torch.float64).reshape(len(prompts), len(LABELS))
@@ -263,7 +265,7 @@ class ModelJudge(Judge):
         n = len(prefix)
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[list[float]] = [[]] * len(ids)
-        for s in tqdm(range(0, len(order), self.batch_size), desc="judge", disable=not self.progress):
+        for s in range(0, len(order), self.batch_size):
             rows = order[s:s + self.batch_size]
             batch = model.pad([ids[i][n:] for i in rows])
             if kv is None:
