@@ -52,7 +52,7 @@ def _passes(report: dict, layer: int, pos: int) -> bool | None:
     if None in (b, i, k) or None in f.values():
         return None
     n_layers = len(sel["bypass"])
-    return i > f["induce_min"] and k < f["kl_max"] and layer < int(f["max_layer_frac"] * n_layers)  # official cutoff
+    return i >= f["induce_min"] and k <= f["kl_max"] and layer < int(f["max_layer_frac"] * n_layers)  # official cutoff
 
 
 def refusal_heatmaps(report: dict) -> dict[str, go.Figure]:

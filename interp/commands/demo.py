@@ -54,6 +54,6 @@ def run(args) -> int:
     for name, value in filters.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
     ns = sub.choices["refusal"].parse_args(argv)
-    print(f"interp demo: refusal direction of {model} (selection filters: KL < {ns.kl_max}, "
-          f"induce > {ns.induce_min})", flush=True)
+    print(f"interp demo: refusal direction of {model} (selection filters: KL ≤ {ns.kl_max}, "
+          f"induce ≥ {ns.induce_min})", flush=True)
     return run_refusal(ns)

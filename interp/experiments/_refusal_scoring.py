@@ -231,7 +231,8 @@ def layer_cutoff(n_layers: int, max_layer_frac: float) -> int:
 
 
 def passes(s: Scores, layer: int, n_layers: int, kl_max: float, induce_min: float, max_layer_frac: float) -> bool:
-    return s.induce > induce_min and s.kl < kl_max and layer < layer_cutoff(n_layers, max_layer_frac)
+    # the official filter_fn drops kl > threshold and induce < threshold, so the thresholds themselves pass
+    return s.induce >= induce_min and s.kl <= kl_max and layer < layer_cutoff(n_layers, max_layer_frac)
 
 
 def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: str = "pruned",
@@ -284,12 +285,13 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
     if best is None:
         # name the nearest misses so the user sees which filter to loosen, and by how much
         full = [k for k, s in scores.items() if not math.isnan(s.kl)]
-        near = sorted(full, key=lambda k: ((scores[k].induce <= induce_min) + (scores[k].kl >= kl_max),
+        near = sorted(full, key=lambda k: ((scores[k].induce < induce_min) + (scores[k].kl > kl_max),
                                            scores[k].bypass))[:3]
         misses = "; ".join(f"layer {k[0]} pos {k[1] - n_pos}: bypass {scores[k].bypass:.2f}, induce "
                            f"{scores[k].induce:.2f}, KL {scores[k].kl:.3f}" for k in near)
-        raise InterpError(f"no candidate passed the filters (induce > {induce_min}, KL < {kl_max}, layer < "
-                          f"int({max_layer_frac}·{n_layers}) = {layer_cutoff(n_layers, max_layer_frac)}) among {n_scored} scored; loosen them (kl_max, "
+        cut = layer_cutoff(n_layers, max_layer_frac)
+        raise InterpError(f"no candidate passed the filters (induce ≥ {induce_min}, KL ≤ {kl_max}, layer < "
+                          f"int({max_layer_frac}·{n_layers}) = {cut}) among {n_scored} scored; loosen them (kl_max, "
                           f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
     return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
 

@@ -332,7 +332,7 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
         Splits(list(range(n["harmful_train"] + n["harmless_train"])), list(range(n["harmful_val"] + n["harmless_val"])),
                list(range(n["harmful_eval"] + n["harmless_eval"])), "prompt", cfg.seed),
         choices=f"layer × position candidate: the lowest validation bypass among candidates whose validation "
-                f"induce > {cfg.induce_min} and KL < {cfg.kl_max}, layer < int({cfg.max_layer_frac}·L) = "
+                f"induce ≥ {cfg.induce_min} and KL ≤ {cfg.kl_max}, layer < int({cfg.max_layer_frac}·L) = "
                 f"{layer_cutoff(n_layers, cfg.max_layer_frac)} (the official code's cutoff)",
         per_class={"train": n["harmful_train"], "val": n["harmful_val"], "test": n["harmful_eval"]},
         test_only="held-out prompts, drawn from the shuffled pool before any filtering (so the baseline refusal "
