@@ -76,7 +76,9 @@ def test_bench_capture_json():
     assert set(result["ratios"]) == {"interp_memory", "interp_store", "transformer_lens", "nnsight"}
     for key, ratio in result["ratios"].items():
         assert (ratio is not None and ratio > 0) or key in result["reasons"]
-    assert result["peak_rss_mb"]["n"] > 0 and result["peak_rss_mb"]["10n"] > 0
+    assert result["peak_rss_mb"]["n"] > 0 and result["peak_rss_mb"]["10n"] > 0, result["reasons"]
+    # 4 prompts x 16 tokens are fewer than smollm2's 576 dimensions: the rank fit is skipped there, not failed
+    assert result["rss_fits"]["n"] == ["diff_of_means", "latent_guard"]
 
 
 @pytest.mark.slow
@@ -98,8 +100,12 @@ def test_bench_generate_json():
                           "--reps", "1", "--batch", "2", "--new-tokens", "4", "--json"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["plain_tok_s"] > 0 and set(result["ratios"]) == {"interp_ablate", "transformer_lens"}
-    assert result["ratios"]["interp_ablate"] > 0
+    assert result["plain_tok_s"] > 0
+    assert set(result["ratios"]) == {"interp_ablate", "interp_ablate_hooks", "interp_add", "transformer_lens",
+                                     "nnsight"}
+    for key, ratio in result["ratios"].items():
+        assert (ratio is not None and ratio > 0) or key in result["reasons"]
+    assert result["ablate_same_tokens_as_hooks"] is True  # the weight-edit path generates what the hooks do
 
 
 def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):

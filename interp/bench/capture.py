@@ -103,6 +103,7 @@ def bench_capture(model_name: str, batch: int = 8, seq: int = 64, reps: int = 5,
     result["peak_rss_fit_mb"] = {"n": small.get("fit_peak"), "10n": big.get("fit_peak")}
     result["rss_model_loaded_mb"] = {"n": small.get("load"), "10n": big.get("load")}
     result["rss_prompts"] = {"n": rss_n, "10n": 10 * rss_n, "seq": rss_seq}
+    result["rss_fits"] = {"n": small.get("fits"), "10n": big.get("fits")}
     if small.get("error") or big.get("error"):
         result["reasons"]["peak_rss"] = (small.get("error") or big.get("error"))[-300:]
     result["parallel"] = _parallel_timing(model_name, parallel_n, rss_seq, parallel_workers)
@@ -183,10 +184,13 @@ with tempfile.TemporaryDirectory() as tmp:
     capture_peak, peak[0] = peak[0], 0.0
     DiffOfMeans(positive=1).fit_store(last, y)
     LatentGuard().fit_store(last, y)
-    EffectiveRank(n_bootstrap=10).fit_store(every, mid)
+    fits = ["diff_of_means", "latent_guard"]
+    if every.n_tokens > model.d_model:  # a covariance needs more tokens than dimensions (small --rss-n: skipped)
+        EffectiveRank(n_bootstrap=10).fit_store(every, mid)
+        fits.append("effective_rank")
 done.set()
 thread.join()
-print(json.dumps({"load": before, "peak": max(capture_peak, peak[0]), "fit_peak": peak[0]}))
+print(json.dumps({"load": before, "peak": max(capture_peak, peak[0]), "fit_peak": peak[0], "fits": fits}))
 """
 
 
@@ -198,7 +202,8 @@ def _rss_subprocess(model_name: str, n: int, seq: int) -> dict:
                          text=True)
     if out.returncode != 0:
         return {"error": out.stderr}
-    return {k: round(float(v), 1) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
+    return {k: v if k == "fits" else round(float(v), 1)
+            for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
 
 
 _PARALLEL_SCRIPT = """
