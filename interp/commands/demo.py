@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 # 0.5B model no candidate keeps the paper's induce > 0 on 28 + 28 validation prompts (the
 # best reach -0.21), and those that bypass refusal move the harmless next-token
 # distribution by up to 0.24 in KL. The 1.5B run was measured with the same filters; its
-# choice also passes the paper's (induce 0.25, KL 0.092).
+# old choice, layer 22, is above the official layer cutoff now applied (docs/refusal.md).
 DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5},
                 "qwen2.5-coder-1.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5}}
 
