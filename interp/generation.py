@@ -8,7 +8,7 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -46,18 +46,37 @@ def generate(model, prompts: Sequence[str], max_new_tokens: int = 64, chat: bool
                              interventions=interventions, weight_edit=weight_edit, **gen_kwargs)
 
 
+def batch_plan(ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """The prompt indices of each padded batch ``generate_from_ids`` runs: prompts sorted by token length
+    (stable), cut into runs of ``batch_size``. Data-parallel generation hands out these same batches, so each
+    one is padded exactly as in one process and greedy completions match token for token.
+
+    Example:
+        >>> batch_plan([[1, 2, 3], [1], [1, 2]], 2)
+        [[1, 2], [0]]
+    """
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int = 64, do_sample: bool = False,
                       batch_size: int = 16, progress: bool = False, use_cache: bool = True,
-                      interventions: Mapping | None = None, weight_edit: bool = True, **gen_kwargs) -> list[str]:
-    """``generate`` on already tokenized prompts (e.g. a multi-turn chat)."""
+                      interventions: Mapping | None = None, weight_edit: bool = True,
+                      batches: Sequence[Sequence[int]] | None = None,
+                      on_batch: Callable[[list[int], list[str]], None] | None = None, **gen_kwargs) -> list[str]:
+    """``generate`` on already tokenized prompts (e.g. a multi-turn chat).
+
+    ``batches`` (lists of indices into ``ids``, default ``batch_plan(ids, batch_size)``) runs only those
+    batches (rows outside them stay ""); ``on_batch(rows, texts)`` is called after each one, e.g. to save it.
+    """
     if interventions:
         with model.intervene(interventions):
             return generate_from_ids(model, ids, max_new_tokens, do_sample, batch_size, progress, use_cache,
-                                     weight_edit=weight_edit, **gen_kwargs)
+                                     weight_edit=weight_edit, batches=batches, on_batch=on_batch, **gen_kwargs)
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InterpError(f"{name} must be a positive int, got {value!r}")
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    batches = batch_plan(ids, batch_size) if batches is None else [list(b) for b in batches]
     out = [""] * len(ids)
     state = getattr(model, "_intervention_state", None)
     if not do_sample:
@@ -65,9 +84,10 @@ def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int =
     # NaN logits decode to an arbitrary token (often a special one, so an empty string): stop instead
     gen_kwargs["logits_processor"] = list(gen_kwargs.get("logits_processor") or []) + [_FiniteLogits()]
     with _weight_edit(model, weight_edit):
-        for s in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress):
-            _generate_batch(model, ids, order[s:s + batch_size], out, state, max_new_tokens, do_sample,
-                            use_cache, gen_kwargs)
+        for rows in tqdm(batches, desc="generate", disable=not progress):
+            _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use_cache, gen_kwargs)
+            if on_batch is not None:
+                on_batch(rows, [out[i] for i in rows])
     return out
 
 
