@@ -190,9 +190,9 @@ def capture_to_store_parallel(model, prompts: Sequence[str], out_dir, sites: Sit
     return ActivationStore(out_dir)
 
 
-def launch(argv: Sequence[str], workers: int, threads_per_worker: int | None = None) -> int:
-    """Run ``python -m interp <argv>`` as ``workers`` processes under torchrun on this machine (0, or an
-    ``InterpError`` when a worker failed).
+def launch(argv: Sequence[str], workers: int, threads_per_worker: int | None = None, module: str = "interp") -> int:
+    """Run ``python -m <module> <argv>`` (default ``interp``, the command line) as ``workers`` processes under
+    torchrun on this machine (0, or an ``InterpError`` when a worker failed).
 
     CPU threads are split between the workers (torchrun would give each one thread).
     """
@@ -201,7 +201,7 @@ def launch(argv: Sequence[str], workers: int, threads_per_worker: int | None = N
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // workers)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={workers}",
-           "-m", "interp", *argv]
+           "-m", module, *argv]
     rc = subprocess.run(cmd, env=env).returncode
     if rc != 0:
         raise InterpError(f"{workers} workers under torchrun exited with code {rc} (their messages are above); "
