@@ -32,6 +32,7 @@ from .errors import InterpError
 from .activations import prompt_hash
 from .arch import StopForward
 from .positions import describe, pack, resolve_positions
+from .prefix import SharedPrefix
 from .sites import Site, SiteLike, expand_sites, parse_site, site_depth
 
 
@@ -71,11 +72,15 @@ def check_finite(tensors: dict[str, torch.Tensor], mask: torch.Tensor, offset: i
 
 def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: bool = True,
             system: str | None = None, batch_size: int = 8, dtype: torch.dtype = torch.float32,
-            progress: bool = True, encoded=None) -> Activations:
+            progress: bool = True, encoded=None, share_prefix: bool = False) -> Activations:
     """Capture activations; see ``Model.capture`` for the arguments.
 
     An ``attn_pattern`` site comes back as [examples, positions, heads, max_len]: each selected query
     position's attention over its prompt's own tokens (key j is token j; zero past the prompt's end).
+    With ``share_prefix`` the token prefix all prompts share (a chat template's system prompt) runs
+    once and its KV cache serves every batch (``interp.prefix``), when every selected position lies
+    after it (otherwise, or for ``attn_pattern`` sites, whole prompts run as usual); the values equal
+    a full forward's up to float rounding.
     """
     if batch_size < 1:
         raise InterpError(f"batch_size must be >= 1, got {batch_size}")
@@ -93,19 +98,29 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     readers = {s: _reader(str(s), out, state, dtype, s.name == "attn_pattern") for s in site_list}
     order = sorted(range(n), key=lambda i: enc.lengths[i])
     deepest = max(site_depth(s, model.n_layers) for s in site_list)
+    shared = SharedPrefix.of(model, enc.ids, enabled=share_prefix and not any(s.name == "attn_pattern"
+                                                                                for s in site_list))
+    if len(shared) and not bool((idx[mask] >= len(shared)).all()):
+        shared = SharedPrefix(model, [])  # a selected position lies inside the prefix: run whole prompts
+    cut = len(shared)
     t0 = time.time()
+    with torch.no_grad():
+        kv = shared.cache()  # before the readers attach: the prefix holds no selected position
     with model.hooks(readers, stop_after_layer=deepest), torch.no_grad():
         bar = tqdm(range(0, n, batch_size), desc="capture", unit="batch", disable=not progress or n <= batch_size)
         for start in bar:
             rows = order[start:start + batch_size]
-            batch = model.pad([enc.ids[i] for i in rows])
+            batch = shared.batch([enc.ids[i] for i in rows])
             width_b = batch["input_ids"].shape[1]
-            offsets = torch.tensor([width_b - enc.lengths[i] for i in rows])[:, None]
+            offsets = torch.tensor([width_b - (enc.lengths[i] - cut) for i in rows])[:, None]
             state["rows"] = torch.tensor(rows)
             state["pad"] = offsets[:, 0].tolist()
-            state["idx"] = idx[rows] + offsets  # padded coordinates
+            state["idx"] = idx[rows] - cut + offsets  # padded coordinates of the batch (after any prefix)
             try:
-                model._forward(batch)
+                if kv is None:
+                    model._forward(batch)
+                else:
+                    model.last_logits(batch, cache=shared.expand(kv, len(rows)))
             except StopForward:
                 pass
     for t in out.values():

@@ -106,12 +106,40 @@ def text_ce(model, texts: Sequence[str], interventions: Mapping | None = None, b
 
 
 def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], interventions: Mapping | None = None,
-                  batch_size: int = 8, chat: bool = True) -> float:
-    """Mean cross-entropy (nats/token) of completions given their (chat-formatted) prompts."""
+                  batch_size: int = 8, chat: bool = True, share_prefix: bool = False) -> float:
+    """Mean cross-entropy (nats/token) of completions given their (chat-formatted) prompts.
+
+    With ``share_prefix`` the token prefix every prompt shares (the chat template's head) runs once
+    (``interp.prefix``); equal up to float rounding.
+    """
     if len(prompts) != len(completions):
         raise InterpError(f"{len(prompts)} prompts but {len(completions)} completions")
     heads = [model.encode([p], chat=chat).ids[0] for p in prompts]
     ids = [h + model.tokenizer(c, add_special_tokens=False)["input_ids"] for h, c in zip(heads, completions)]
+    if share_prefix:
+        from .prefix import SharedPrefix
+
+        shared = SharedPrefix.of(model, heads)
+        if len(shared):
+            total, count = 0.0, 0
+            with _intervening(model, interventions), torch.no_grad():
+                kv = shared.cache()
+                for s in range(0, len(ids), batch_size):
+                    rows, n = ids[s:s + batch_size], len(shared)
+                    batch = shared.batch(rows)
+                    logits = model.run(batch, cache=shared.expand(kv, len(rows)))
+                    mask = batch["attention_mask"][:, n:]
+                    nll, _ = token_nll(logits, batch["input_ids"], mask)
+                    width = batch["input_ids"].shape[1]
+                    for j, (row, head) in enumerate(zip(rows, heads[s:s + batch_size])):
+                        # column c holds token n + c of the row's suffix; a completion starting at token
+                        # len(head) is scored from the column of token len(head) − 1 on
+                        first = width - (len(row) - n) + (len(head) - 1 - n)
+                        scored = nll[j, first:]
+                        total, count = total + scored.sum().item(), count + scored.numel()
+            if count == 0:
+                raise InterpError("no completion tokens to score")
+            return total / count
     # row[t] scores token t + 1, so a completion starting at token len(head) is scored from len(head) − 1 on
     scored = [row[len(h) - 1:] for row, h in zip(sequence_nll(model, ids, interventions, batch_size), heads)]
     count = sum(row.numel() for row in scored)

@@ -389,6 +389,36 @@ class Compose(Intervention):
         return x
 
 
+class OnRows(Intervention):
+    """Another intervention, limited to some prompts of the list being run (by their index in it).
+
+    Lets one batch carry several conditions: e.g. the same prompts twice, the second copy steered.
+    Rows are the prompts' places in the list given to ``generate`` or a capture (``Context.rows``).
+
+    Example:
+        prompts = harmless + harmless     # the second copy gets +r
+        steer = OnRows(Add(r), rows=range(len(harmless), 2 * len(harmless)))
+        texts = generate(model, prompts, interventions={"resid_pre.12": steer})
+    """
+
+    def __init__(self, inner: Intervention, rows: Sequence[int]):
+        super().__init__("all")
+        if not isinstance(inner, Intervention):
+            raise InterpError(f"OnRows wraps an Intervention, got {type(inner).__name__}")
+        self.inner = inner
+        self.rows = torch.tensor(sorted({_index(r) for r in rows}), dtype=torch.long)
+
+    def check(self, shape, site):
+        self.inner.check(shape, site)
+
+    def apply(self, x, ctx):
+        chosen = torch.isin(ctx.row_ids(), self.rows.to(ctx.valid.device))
+        if not chosen.any():
+            return x
+        edited = self.inner.apply(x, ctx)
+        return torch.where(chosen.reshape((-1,) + (1,) * (x.dim() - 1)), edited, x)
+
+
 class Record(Intervention):
     """Keep the site's tensor as the forward passes, without changing it.
 

@@ -29,7 +29,6 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InterpError
+from .prefix import SharedPrefix
 
 #: The three labels every judge returns, in this order wherever a judge gives scores.
 LABELS = ("refusal", "compliance", "incoherent")
@@ -260,23 +260,13 @@ class ModelJudge(Judge):
     def _score(self, ids: list[list[int]]) -> list[list[float]]:
         model = self.model
         sets = _label_token_sets(model.tokenizer)
-        prefix = _shared_prefix(ids) if model.backend == "hf" and len(ids) > 1 else []
-        kv = model.prefix_cache(prefix) if prefix else None
-        n = len(prefix)
+        shared = SharedPrefix.of(model, ids)
+        kv = shared.cache()
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         out: list[list[float]] = [[]] * len(ids)
         for s in range(0, len(order), self.batch_size):
             rows = order[s:s + self.batch_size]
-            batch = model.pad([ids[i][n:] for i in rows])
-            if kv is None:
-                logits = model.last_logits(batch)
-            else:  # the suffixes follow the cached prefix: the mask spans both, positions continue from it
-                mask = batch["attention_mask"]
-                batch["attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], 1)
-                batch["position_ids"] = batch["position_ids"] + n
-                cache = copy.deepcopy(kv)  # the forward appends to the cache
-                cache.batch_repeat_interleave(len(rows))
-                logits = model.last_logits(batch, cache=cache)
+            logits = model.last_logits(shared.batch([ids[i] for i in rows]), cache=shared.expand(kv, len(rows)))
             logp = torch.log_softmax(logits.double(), -1)
             per_label = torch.stack([torch.logsumexp(logp[:, s_], -1) for s_ in sets], -1)
             per_label = per_label - torch.logsumexp(per_label, -1, keepdim=True)
@@ -286,14 +276,6 @@ class ModelJudge(Judge):
 
     def _labels(self, prompts, completions):
         return [LABELS[int(i)] for i in self.scores(prompts, completions).argmax(-1)]
-
-
-def _shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
-    """The longest token prefix of every list that still leaves each at least one token of its own."""
-    n = 0
-    while all(len(x) > n + 1 for x in ids) and len({x[n] for x in ids}) == 1:
-        n += 1
-    return list(ids[0][:n])
 
 
 # ------------------------------------------------------------------ Hugging Face safety classifiers

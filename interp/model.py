@@ -268,10 +268,16 @@ class Model:
         out = net(**batch, use_cache=False)
         return out.logits if logits else None
 
-    def run(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits for a padded batch (see ``pad``), under whatever hooks are attached."""
+    def run(self, batch: dict[str, torch.Tensor], cache=None) -> torch.Tensor:
+        """Logits for a padded batch (see ``pad``), under whatever hooks are attached.
+
+        With ``cache`` (a shared prefix's KV cache, ``interp.prefix``) the batch holds the tokens after
+        the prefix and the logits are theirs.
+        """
         with torch.no_grad():
-            return self._forward(batch, logits=True)
+            if cache is None:
+                return self._forward(batch, logits=True)
+            return self.hf(**batch, use_cache=True, **{_cache_arg(self.hf): cache}).logits
 
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states (after the final norm), with the model's logit soft-capping.
@@ -348,11 +354,12 @@ class Model:
     # ----------------------------------------------------------------- capture
     def capture(self, prompts: Sequence[str], sites: SiteLike | Sequence[SiteLike] = "resid_post",
                 positions="last", *, chat: bool = True, system: str | None = None, batch_size: int = 8,
-                dtype: torch.dtype = torch.float32, progress: bool = True):
+                dtype: torch.dtype = torch.float32, progress: bool = True, share_prefix: bool = False):
         """Run prompts through the model and keep activations at sites and positions.
 
         Returns ``Activations`` with tensors [examples, positions, d] per site
-        (in prompt order). Padding is never captured.
+        (in prompt order). Padding is never captured. ``share_prefix`` runs the
+        prompts' shared token prefix once (see ``interp.capture.capture``).
 
         Example:
             acts = model.capture(["Hello"], ["resid_pre.0", "blocks.1.attn.hook_z"])
@@ -360,7 +367,7 @@ class Model:
         from .capture import capture
 
         return capture(self, prompts, sites, positions, chat=chat, system=system, batch_size=batch_size,
-                       dtype=dtype, progress=progress)
+                       dtype=dtype, progress=progress, share_prefix=share_prefix)
 
     def run_with_cache(self, inputs, sites: SiteLike | Sequence[SiteLike] = "resid_post", **kwargs):
         """Logits and every position of each site for one padded batch (see ``interp.capture.run_with_cache``).
@@ -383,7 +390,7 @@ class Model:
     def describe(self) -> dict:
         return {"model": self.name, "source": self.source, "backend": self.backend,
                 "architecture": self.architecture, "n_layers": self.n_layers, "d_model": self.d_model,
-                "fingerprint": self.fingerprint}
+                "dtype": str(next(self.hf.parameters()).dtype).replace("torch.", ""), "fingerprint": self.fingerprint}
 
     # ---------------------------------------------------------- interventions
     def intervene(self, interventions):

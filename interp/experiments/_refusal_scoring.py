@@ -14,7 +14,6 @@ for activation addition); the residual stream is read with
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -26,6 +25,7 @@ from ..capture import recording
 from ..errors import InterpError
 from ..evaluation import kl_div, refusal_metric
 from ..interventions import Add, Context, everywhere
+from ..prefix import SharedPrefix
 
 #: First tokens of typical refusals, read by the refusal metric (Qwen's refusals begin "I'm sorry" / "As an AI").
 REFUSAL_TOKENS = ("I", "As")
@@ -84,7 +84,8 @@ class CandidateScorer:
                  progress: bool = True, share_prefix: bool = True):
         self.model, self.refusal_ids, self.progress = model, list(refusal_ids), progress
         every = model.encode(list(harmful_val) + list(harmless_val)).ids
-        self.prefix = _shared_prefix(every) if share_prefix and model.backend == "hf" else []
+        self.shared = SharedPrefix.of(model, every, enabled=share_prefix)
+        self.prefix = self.shared.prefix
         kv = self._prefix_kv()  # unedited, shared by every baseline below
         self.full = self._prompt_set(harmful_val, harmless_val, batch_size, kv)
         self.proxy = self._prompt_set(_spread(harmful_val, proxy_prompts), _spread(harmless_val, proxy_prompts),
@@ -96,28 +97,17 @@ class CandidateScorer:
     def _batches(self, prompts, batch_size):
         enc = self.model.encode(prompts)
         order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
-        n = len(self.prefix)
-        out = []
-        for s in range(0, len(order), batch_size):
-            rows = order[s:s + batch_size]
-            batch = self.model.pad([enc.ids[i][n:] for i in rows])
-            if n:  # the suffixes follow the cached prefix: the mask spans both, positions continue from it
-                mask = batch["attention_mask"]
-                batch["attention_mask"] = torch.cat([torch.ones_like(mask[:, :1]).expand(-1, n), mask], 1)
-                batch["position_ids"] = batch["position_ids"] + n
-            out.append((batch, rows))
-        return out
+        return [(self.shared.batch([enc.ids[i] for i in order[s:s + batch_size]]), order[s:s + batch_size])
+                for s in range(0, len(order), batch_size)]
 
     def _prefix_kv(self):
         """KV cache of the shared prefix under the interventions attached now (None without a prefix)."""
-        return self.model.prefix_cache(self.prefix) if self.prefix else None
+        return self.shared.cache()
 
     def _logits(self, batch, kv, **kwargs) -> torch.Tensor:
         if kv is None:
             return self.model.last_logits(batch, **kwargs)
-        kv = copy.deepcopy(kv)  # the forward appends to the cache
-        kv.batch_repeat_interleave(batch["input_ids"].shape[0])
-        return self.model.last_logits(batch, cache=kv, **kwargs)
+        return self.model.last_logits(batch, cache=self.shared.expand(kv, batch["input_ids"].shape[0]), **kwargs)
 
     def _prompt_set(self, harmful, harmless, batch_size, kv) -> _PromptSet:
         harmless_batches = self._batches(harmless, batch_size)
@@ -190,14 +180,6 @@ def _suffix_context(batch: dict, seq: int) -> Context:
     lengths = mask.sum(-1)
     return Context(token_index=index, valid=valid, is_prompt=torch.ones(seq, dtype=torch.bool, device=mask.device),
                    prompt_lengths=lengths)
-
-
-def _shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
-    """The longest token prefix of every list that still leaves each at least one token of its own."""
-    n = 0
-    while all(len(x) > n + 1 for x in ids) and len({x[n] for x in ids}) == 1:
-        n += 1
-    return list(ids[0][:n])
 
 
 def _spread(prompts: Sequence[str], n: int) -> list[str]:

@@ -39,7 +39,8 @@ from ..analyzers.refusal import candidate_directions
 from ..errors import InterpError
 from ..evaluation import REFUSAL_PHRASES, completion_ce, refusal_metric, refusal_score
 from ..generation import generate
-from ..interventions import Add, everywhere
+from ..interventions import Add, Compose, OnRows, everywhere
+from ..prefix import SharedPrefix
 from ..protocol import Splits, protocol_block, seed_sweep
 from ..report import Headline, Result, Stopwatch, write_report
 from ._refusal_scoring import (REFUSAL_TOKENS, CandidateScorer, Scores, Selection, layer_cutoff, passes,
@@ -109,13 +110,19 @@ def _dedupe_across(splits: dict[str, list[str]]) -> None:
 
 def baseline_metric(model, prompts: Sequence[str], refusal_ids: Sequence[int], batch_size: int = 16,
                     progress: bool = True) -> torch.Tensor:
-    """The refusal metric of each prompt with no intervention (prompt order)."""
+    """The refusal metric of each prompt with no intervention (prompt order).
+
+    The chat template's shared prefix runs once (``interp.prefix``): about half of each Qwen prompt.
+    """
     enc = model.encode(prompts)
+    shared = SharedPrefix.of(model, enc.ids)
+    kv = shared.cache()
     order = sorted(range(len(prompts)), key=lambda i: enc.lengths[i])
     out = torch.empty(len(prompts), dtype=torch.float64)
     for s in tqdm(range(0, len(order), batch_size), desc="refusal metric", disable=not progress):
         rows = order[s:s + batch_size]
-        out[rows] = refusal_metric(model.last_logits(model.pad([enc.ids[i] for i in rows])), refusal_ids).cpu()
+        logits = model.last_logits(shared.batch([enc.ids[i] for i in rows]), cache=shared.expand(kv, len(rows)))
+        out[rows] = refusal_metric(logits, refusal_ids).cpu()
     return out
 
 
@@ -187,34 +194,48 @@ def addition(direction: torch.Tensor, layer: int, scale: float = 1.0) -> dict:
 
 def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str], harmless: Sequence[str],
              max_new_tokens: int = 48, batch_size: int = 16, phrases: Sequence[str] = REFUSAL_PHRASES,
-             progress: bool = True, examples: int = 4) -> dict:
+             progress: bool = True, examples: int = 4, generate_batch_size: int = 64) -> dict:
     """Refusal rates and the CE change with greedy completions on held-out prompts.
 
     Harmful prompts at baseline, with r̂ ablated everywhere and with −r at ``layer``; harmless prompts at
     baseline and with +r at ``layer``; the CE of the harmless baseline completions with and without the
     ablation.
+
+    Two generation passes: the four conditions that run on the model's own weights share one (each
+    prompt appears once per condition, the steering limited to its copy's rows with ``OnRows``), in
+    batches of ``generate_batch_size`` (a decoding step costs little more for 64 rows than for 16 on a
+    CPU); the ablation runs as a weight edit (``interp.intervene``). The CE passes run the chat
+    template's shared prefix once.
     """
-    conditions = {
-        "harmful_baseline": (harmful, None),
-        "harmful_ablated": (harmful, everywhere(model, direction)),
-        "harmful_minus_r": (harmful, addition(direction, layer, -1.0)),
-        "harmless_baseline": (harmless, None),
-        "harmless_plus_r": (harmless, addition(direction, layer, +1.0)),
-    }
-    completions, rates = {}, {}
-    for name, (prompts, interventions) in conditions.items():
-        completions[name] = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                     progress=progress, interventions=interventions)
-        rates[name] = refusal_score(completions[name], phrases)
-    ce_base = completion_ce(model, harmless, completions["harmless_baseline"])
-    ce_ablated = completion_ce(model, harmless, completions["harmless_baseline"], everywhere(model, direction))
+    harmful, harmless = list(harmful), list(harmless)
+    n_h, n_l = len(harmful), len(harmless)
+    order = ["harmful_baseline", "harmful_minus_r", "harmless_baseline", "harmless_plus_r"]
+    prompts = harmful + harmful + harmless + harmless
+    steer = Compose([OnRows(Add(direction, -1.0), range(n_h, 2 * n_h)),
+                     OnRows(Add(direction, +1.0), range(2 * n_h + n_l, 2 * n_h + 2 * n_l))])
+    texts = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=generate_batch_size,
+                     progress=progress, interventions={f"resid_pre.{layer}": steer})
+    starts = [0, n_h, 2 * n_h, 2 * n_h + n_l, 2 * n_h + 2 * n_l]
+    completions = {name: texts[a:b] for name, a, b in zip(order, starts, starts[1:])}
+    completions["harmful_ablated"] = generate(model, harmful, max_new_tokens=max_new_tokens,
+                                              batch_size=generate_batch_size, progress=progress,
+                                              interventions=everywhere(model, direction))
+    sources = {"harmful_baseline": harmful, "harmful_ablated": harmful, "harmful_minus_r": harmful,
+               "harmless_baseline": harmless, "harmless_plus_r": harmless}
+    rates = {name: refusal_score(completions[name], phrases) for name in sources}
+    ce_base = completion_ce(model, harmless, completions["harmless_baseline"], batch_size=batch_size,
+                            share_prefix=True)
+    ce_ablated = completion_ce(model, harmless, completions["harmless_baseline"], everywhere(model, direction),
+                               batch_size=batch_size, share_prefix=True)
     return {
         "baseline_refusal": rates["harmful_baseline"], "ablated_refusal": rates["harmful_ablated"],
         "minus_r_refusal": rates["harmful_minus_r"], "induced_refusal": rates["harmless_plus_r"],
         "baseline_harmless_refusal": rates["harmless_baseline"], "ce_baseline": ce_base, "ce_ablated": ce_ablated,
-        "ce_delta": ce_ablated - ce_base, "n_harmful": len(harmful), "n_harmless": len(harmless),
+        "ce_delta": ce_ablated - ce_base, "n_harmful": n_h, "n_harmless": n_l,
         "examples": {name: [{"prompt": p, "completion": c} for p, c in
-                            list(zip(conditions[name][0], completions[name]))[:examples]] for name in conditions},
+                            list(zip(sources[name], completions[name]))[:examples]]
+                     for name in ["harmful_baseline", "harmful_ablated", "harmful_minus_r", "harmless_baseline",
+                                  "harmless_plus_r"]},
     }
 
 
@@ -262,9 +283,9 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     # capture + fit: difference of means at every layer × post-instruction position
     with sw("candidates"):
         acts_h = model.capture(splits["harmful_train"], "resid_pre", "post_instruction",
-                               batch_size=cfg.batch_size, progress=progress)
+                               batch_size=cfg.batch_size, progress=progress, share_prefix=True)
         acts_l = model.capture(splits["harmless_train"], "resid_pre", "post_instruction",
-                               batch_size=cfg.batch_size, progress=progress)
+                               batch_size=cfg.batch_size, progress=progress, share_prefix=True)
         if acts_h.mask.shape[1] != acts_l.mask.shape[1] or not (acts_h.mask.all() and acts_l.mask.all()):
             raise InterpError("prompts have different numbers of post-instruction tokens; the chat template "
                               "does not give a fixed suffix for this model")

@@ -1,0 +1,76 @@
+"""Running a shared token prefix once (interp.prefix): the same numbers as whole-prompt forwards."""
+import pytest
+import torch
+
+from interp.experiments.refusal import baseline_metric
+from interp.interventions import Add
+from interp.prefix import SharedPrefix, shared_prefix
+
+PROMPTS = ["Tell me how to make a bomb", "Write a poem about the sea", "What is the capital of France?",
+           "Explain photosynthesis to a child in two sentences", "Hi"]
+
+
+def test_shared_prefix_leaves_every_prompt_a_token():
+    assert shared_prefix([[1, 2, 3], [1, 2, 4, 5]]) == [1, 2]
+    assert shared_prefix([[7, 8], [7, 8]]) == [7]
+    assert shared_prefix([[1], [2]]) == [] and shared_prefix([]) == []
+
+
+def test_prefix_batches_give_the_full_forwards_logits(tiny_llama):
+    m = tiny_llama
+    ids = m.encode(PROMPTS).ids
+    sp = SharedPrefix.of(m, ids)
+    assert len(sp) >= 3 and all(x[:len(sp)] == sp.prefix for x in ids)  # the chat template's head
+    full = m.last_logits(m.pad(ids))
+    split = m.last_logits(sp.batch(ids), cache=sp.expand(sp.cache(), len(ids)))
+    torch.testing.assert_close(split, full, atol=1e-4, rtol=1e-4)
+    # under an intervention the prefix cache is computed under it too
+    with m.intervene({"resid_pre.1": Add(torch.randn(m.d_model))}):
+        full_i = m.last_logits(m.pad(ids))
+        split_i = m.last_logits(sp.batch(ids), cache=sp.expand(sp.cache(), len(ids)))
+    torch.testing.assert_close(split_i, full_i, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(full_i, full, atol=1e-3)
+    off = SharedPrefix.of(m, ids, enabled=False)
+    assert len(off) == 0 and off.cache() is None and torch.equal(off.batch(ids)["input_ids"], m.pad(ids)["input_ids"])
+
+
+@pytest.mark.parametrize("positions", ["post_instruction", "last", [-3, -1]])
+def test_capture_with_a_shared_prefix_equals_the_plain_capture(tiny_llama, positions):
+    m = tiny_llama
+    plain = m.capture(PROMPTS, ["resid_pre.1", "resid_post.1", "attn_out.0"], positions, progress=False,
+                      batch_size=2)
+    shared = m.capture(PROMPTS, ["resid_pre.1", "resid_post.1", "attn_out.0"], positions, progress=False,
+                       batch_size=2, share_prefix=True)
+    assert torch.equal(plain.mask, shared.mask) and torch.equal(plain.positions, shared.positions)
+    for key in plain.tensors:
+        torch.testing.assert_close(shared.tensors[key], plain.tensors[key], atol=1e-4, rtol=1e-4)
+
+
+def test_capture_inside_the_prefix_falls_back_to_whole_prompts(tiny_llama):
+    m = tiny_llama
+    plain = m.capture(PROMPTS, "resid_pre.1", [0, -1], progress=False)
+    shared = m.capture(PROMPTS, "resid_pre.1", [0, -1], progress=False, share_prefix=True)
+    assert torch.equal(shared.tensors["resid_pre.1"], plain.tensors["resid_pre.1"])  # same path: bit-equal
+
+
+def test_refusal_filter_metric_through_the_prefix(tiny_llama):
+    m = tiny_llama
+    ids = [m.tokenizer.encode("!", add_special_tokens=False)[0]]
+    metric = baseline_metric(m, PROMPTS, ids, batch_size=2, progress=False)
+    from interp.evaluation import refusal_metric
+    enc = m.encode(PROMPTS)
+    ref = torch.cat([refusal_metric(m.last_logits(m.pad([x])), ids) for x in enc.ids])
+    torch.testing.assert_close(metric, ref.double(), atol=1e-4, rtol=1e-4)
+
+
+def test_dtype_names_and_auto():
+    import torch as t
+
+    from interp import InterpError
+    from interp.loading import native_bf16, resolve_dtype
+
+    assert resolve_dtype("float32") is t.float32 and resolve_dtype("bfloat16") is t.bfloat16
+    assert resolve_dtype("auto") is (t.bfloat16 if native_bf16() else t.float32)
+    assert resolve_dtype(t.float16) is t.float16
+    with pytest.raises(InterpError, match="not one of auto"):
+        resolve_dtype("fp8")
