@@ -46,11 +46,12 @@ class Condition:
     """An intervention a worker can rebuild from a file: ``ablate`` = ``everywhere(model, direction)`` (block
     input, attention and MLP output of every layer, every position); ``add`` = ``{f"resid_pre.{layer}":
     Add(direction, scale)}``. ``direction`` is a tensor [d] or a direction file (``save_direction``).
-    ``None`` in place of a Condition is the unedited model.
+    ``rows`` limits it to those prompts of the list (``OnRows``), so one pass can carry several conditions.
+    ``None`` (or ``[]``) in place of a Condition is the unedited model; a list applies several together.
 
     Example:
         >>> import torch
-        >>> Condition("add", torch.ones(4), layer=2, scale=-1.0).layer
+        >>> Condition("add", torch.ones(4), layer=2, scale=-1.0, rows=range(3, 6)).layer
         2
     """
 
@@ -58,6 +59,7 @@ class Condition:
     direction: object
     layer: int | None = None
     scale: float = 1.0
+    rows: Sequence[int] | None = None
 
     def vector(self) -> torch.Tensor:
         """The direction as the float32 CPU tensor the interventions hold (a file is read here)."""
@@ -77,6 +79,9 @@ class Condition:
             raise InterpError(f"Condition kind {self.kind!r} is not one of {', '.join(KINDS)} (None: no intervention)")
         if self.kind == "add" and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
             raise InterpError(f"Condition('add', ...) needs layer=<block index>, got {self.layer!r}")
+        if self.rows is not None and not all(isinstance(r, int) and not isinstance(r, bool) and r >= 0
+                                             for r in self.rows):
+            raise InterpError(f"a Condition's rows must be prompt indices (ints >= 0), got {list(self.rows)[:5]}")
 
     def interventions(self, model) -> dict:
         """``{site: Intervention}`` for ``model`` (what ``generate(interventions=...)`` takes)."""
@@ -87,19 +92,54 @@ class Condition:
         if vec.shape[0] != model.d_model:
             raise InterpError(f"the direction has size {vec.shape[0]}, but {model.name} has d_model {model.d_model}")
         if self.kind == "ablate":
-            return everywhere(model, vec)
-        if self.layer >= model.n_layers:
-            raise InterpError(f"layer {self.layer} is out of range: {model.name} has {model.n_layers} layers")
-        return {f"resid_pre.{self.layer}": Add(vec, self.scale)}
+            out = everywhere(model, vec)
+        else:
+            if self.layer >= model.n_layers:
+                raise InterpError(f"layer {self.layer} is out of range: {model.name} has {model.n_layers} layers")
+            out = {f"resid_pre.{self.layer}": Add(vec, self.scale)}
+        if self.rows is None:
+            return out
+        from .interventions import OnRows
+
+        return {site: OnRows(iv, list(self.rows)) for site, iv in out.items()}
 
 
-ConditionSet = Mapping[str, "tuple[Sequence[str], Condition | None]"]
+ConditionSet = Mapping[str, "tuple[Sequence[str], Condition | Sequence[Condition] | None]"]
+
+
+def _as_list(cond) -> list[Condition]:
+    """None, one Condition or several, as a list (what a job stores)."""
+    conds = [] if cond is None else [cond] if isinstance(cond, Condition) else list(cond)
+    for c in conds:
+        if not isinstance(c, Condition):
+            raise InterpError(f"use interp.parallel_generate.Condition (or a list of them, or None), got "
+                              f"{type(c).__name__}")
+        c.check()
+    return conds
+
+
+def interventions_for(model, cond) -> dict | None:
+    """``{site: Intervention}`` of None, one Condition or several (several at one site: ``Compose``, in order).
+
+    Example:
+        generate(model, prompts + prompts, interventions=interventions_for(
+            model, [Condition("add", r, layer=12, rows=range(len(prompts), 2 * len(prompts)))]))
+    """
+    from .interventions import Compose
+
+    merged: dict[str, list] = {}
+    for c in _as_list(cond):
+        for site, iv in c.interventions(model).items():
+            merged.setdefault(site, []).append(iv)
+    if not merged:
+        return None
+    return {site: ivs[0] if len(ivs) == 1 else Compose(ivs) for site, ivs in merged.items()}
 
 
 def generate_conditions(model, conditions: ConditionSet, max_new_tokens: int = 64, batch_size: int = 16,
                         progress: bool = False, **kwargs) -> dict[str, list[str]]:
-    """Greedy completions for each ``{name: (prompts, Condition | None)}`` in this process: the reference the
-    parallel run equals, and the default generator of an evaluation.
+    """Greedy completions for each ``{name: (prompts, Condition | [Condition, ...] | None)}`` in this process:
+    the reference the parallel run equals, and the default generator of an evaluation.
 
     Example:
         out = generate_conditions(model, {"base": (prompts, None), "ablated": (prompts, Condition("ablate", r))})
@@ -109,8 +149,7 @@ def generate_conditions(model, conditions: ConditionSet, max_new_tokens: int = 6
     out = {}
     for name, (prompts, cond) in conditions.items():
         out[name] = generate(model, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size,
-                             progress=progress, interventions=None if cond is None else cond.interventions(model),
-                             **kwargs)
+                             progress=progress, interventions=interventions_for(model, cond), **kwargs)
     return out
 
 
@@ -144,17 +183,14 @@ def _job(out: Path, model_spec: str, conditions: ConditionSet, max_new_tokens: i
         prompts, cond = item
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise InterpError(f"condition {name!r}: prompts must be a list of strings")
-        entry = {"name": str(name), "prompts": list(prompts), "condition": None}
-        if cond is not None:
-            if not isinstance(cond, Condition):
-                raise InterpError(f"condition {name!r}: use interp.parallel_generate.Condition or None, got "
-                                  f"{type(cond).__name__}")
-            cond.check()
-            vec = cond.vector()
+        entry = {"name": str(name), "prompts": list(prompts), "conditions": []}
+        for c in _as_list(cond):
+            vec = c.vector()
             sha = _sha256(vec.numpy().tobytes())
             files[f"direction-{sha[:16]}.safetensors"] = vec
-            entry["condition"] = {"kind": cond.kind, "layer": cond.layer, "scale": float(cond.scale),
-                                  "direction": f"direction-{sha[:16]}.safetensors", "direction_sha256": sha}
+            entry["conditions"].append({"kind": c.kind, "layer": c.layer, "scale": float(c.scale),
+                                        "rows": None if c.rows is None else sorted(set(c.rows)),
+                                        "direction": f"direction-{sha[:16]}.safetensors", "direction_sha256": sha})
         tasks.append(entry)
     job = {"format": FORMAT, "model": str(model_spec), "dtype": dtype, "chat": bool(chat), "system": system,
            "max_new_tokens": max_new_tokens, "batch_size": batch_size, "tasks": tasks}
@@ -170,7 +206,7 @@ def _differences(old: dict, new: dict) -> list[str]:
     else:
         if any(t.get("prompts") != u["prompts"] for t, u in zip(a, b)):
             keys.append("prompts")
-        if any(t.get("condition") != u["condition"] for t, u in zip(a, b)):
+        if any(t.get("conditions") != u["conditions"] for t, u in zip(a, b)):
             keys.append("interventions")
     return keys or ["format"]
 
@@ -328,9 +364,8 @@ def run_worker(out_dir, progress: bool = True) -> int:
             _write_shard(out, job, t, index[tuple(rows)], rows, texts)
             bar.update(1)
 
-        cond = task["condition"]
-        interventions = None if cond is None else Condition(
-            cond["kind"], out / cond["direction"], cond["layer"], cond["scale"]).interventions(model)
+        interventions = interventions_for(model, [Condition(c["kind"], out / c["direction"], c["layer"], c["scale"],
+                                                            c["rows"]) for c in task["conditions"]])
         generate_from_ids(model, ids, job["max_new_tokens"], batch_size=job["batch_size"],
                           interventions=interventions, batches=[plan[b] for b in batches], on_batch=save)
     bar.close()
@@ -377,15 +412,17 @@ def generate_parallel(model_spec: str, prompts: Sequence[str], out_dir, workers:
 
 
 class ParallelGenerator:
-    """A generator for an evaluation: ``gen(conditions, max_new_tokens) -> {name: texts}`` runs every condition
-    in one launch of ``workers`` processes; ``gen.one(prompts, condition, max_new_tokens)`` runs one.
+    """A generator for an evaluation, called like ``generate_conditions`` without the model:
+    ``gen(conditions, max_new_tokens, batch_size) -> {name: texts}`` runs every condition in one launch of
+    ``workers`` processes (each loading ``model_spec``), equal to ``generate_conditions(model, conditions,
+    max_new_tokens, batch_size)`` token for token.
 
     Jobs go to sub-folders of ``out_dir`` named by a hash of what they generate, so running the same
     evaluation again resumes it and another evaluation never mixes with it.
 
     Example:
-        gen = ParallelGenerator("smollm2-135m-instruct", "gen/", workers=4, batch_size=16)
-        texts = gen({"harmful_ablated": (harmful, Condition("ablate", r))}, max_new_tokens=64)
+        gen = ParallelGenerator("smollm2-135m-instruct", "gen/", workers=4)
+        texts = gen({"harmful_ablated": (harmful, Condition("ablate", r))}, max_new_tokens=64, batch_size=16)
     """
 
     def __init__(self, model_spec: str, out_dir, workers: int, batch_size: int = 16, chat: bool = True,
@@ -393,15 +430,14 @@ class ParallelGenerator:
         self.model_spec, self.out_dir, self.workers = model_spec, Path(out_dir), workers
         self.batch_size, self.chat, self.system, self.dtype = batch_size, chat, system, dtype
 
-    def __call__(self, conditions: ConditionSet, max_new_tokens: int) -> dict[str, list[str]]:
-        job, _ = _job(self.out_dir, self.model_spec, conditions, max_new_tokens, self.batch_size, self.chat,
+    def __call__(self, conditions: ConditionSet, max_new_tokens: int,
+                 batch_size: int | None = None) -> dict[str, list[str]]:
+        batch_size = batch_size or self.batch_size
+        job, _ = _job(self.out_dir, self.model_spec, conditions, max_new_tokens, batch_size, self.chat,
                       self.system, self.dtype)
         return generate_conditions_parallel(self.model_spec, conditions, self.out_dir / f"job-{job['key'][:16]}",
-                                            self.workers, max_new_tokens=max_new_tokens, batch_size=self.batch_size,
+                                            self.workers, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                             chat=self.chat, system=self.system, dtype=self.dtype)
-
-    def one(self, prompts: Sequence[str], condition: Condition | None, max_new_tokens: int) -> list[str]:
-        return self({"completions": (prompts, condition)}, max_new_tokens)["completions"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ MODEL = "smollm2-135m-instruct"
 PROMPTS = ["Name a prime number.", "Tell me one fact about the sea.", "How do I bake bread at home?",
            "Write a haiku about rivers.", "What is the capital of France?",
            "Explain in one sentence why the sky is blue during the day.", "Give me a synonym for happy."]
-MAX_NEW, BATCH = 8, 2  # four batches per condition, two per worker
+MAX_NEW, BATCH = 8, 2  # 4 + 4 + 6 batches, seven per worker
 
 
 def env(**extra) -> dict:
@@ -40,8 +40,12 @@ def conditions():
     g = torch.Generator().manual_seed(0)
     r = torch.randn(576, generator=g)  # smollm2's d_model
     r = r / r.norm()  # resid_pre.10 has norm ~110 on these prompts (measured), so +40·r changes the text
+    # "mixed": one pass carrying two conditions (the refusal evaluation's shape): the second copy of the first
+    # five prompts gets +40·r, the first two prompts −40·r, the rest nothing
+    n = len(PROMPTS)
     return {"base": (PROMPTS, None), "ablated": (PROMPTS, Condition("ablate", r)),
-            "plus_r": (PROMPTS[:5], Condition("add", r, layer=10, scale=40.0))}
+            "mixed": (PROMPTS + PROMPTS[:5], [Condition("add", r, layer=10, scale=40.0, rows=range(n, n + 5)),
+                                              Condition("add", r, layer=10, scale=-40.0, rows=[0, 1])])}
 
 
 @pytest.fixture(scope="module")
@@ -57,21 +61,20 @@ def single(conditions):
 def test_conditions_change_the_completions(single):
     """The interventions do something here, so the equality tests below could fail."""
     assert single["ablated"] != single["base"]
-    assert single["plus_r"] != single["base"][:5]
+    assert single["mixed"][7:] != single["base"][:5]
 
 
 @pytest.mark.slow
 def test_two_workers_equal_single_process(conditions, single, tmp_path, monkeypatch):
-    gen = ParallelGenerator(MODEL, tmp_path / "gen", workers=2, batch_size=BATCH)
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert gen(conditions, MAX_NEW) == single
+    gen = ParallelGenerator(MODEL, tmp_path / "gen", workers=2, batch_size=16)  # the call's batch_size wins
+    assert gen(conditions, MAX_NEW, BATCH) == single
     (job,) = (tmp_path / "gen").iterdir()
-    assert len(list(job.glob("task*-batch*.jsonl"))) == 4 + 4 + 3 and not list(job.glob(".*.tmp"))
+    assert len(list(job.glob("task*-batch*.jsonl"))) == 4 + 4 + 6 and not list(job.glob(".*.tmp"))
     # the same call again finds the job finished and launches nothing
     from interp import distributed
 
     monkeypatch.setattr(distributed, "launch", lambda *a, **k: pytest.fail("launched again"))
-    assert gen(conditions, MAX_NEW) == single
+    assert gen(conditions, MAX_NEW, BATCH) == single
 
 
 WORKER = """
@@ -103,7 +106,7 @@ def test_kill_a_worker_then_resume(conditions, single, tmp_path):
     r = subprocess.run(run, cwd=REPO, env=env(EXIT_RANK="1"), capture_output=True, text=True, timeout=600)
     assert r.returncode != 0, (r.stdout + r.stderr)[-3000:]  # torchrun stops worker 0 and fails
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("task*-batch*.jsonl")}
-    assert 1 <= len(kept) < 11 and collect(out, missing_ok=True) is None
+    assert 1 <= len(kept) < 14 and collect(out, missing_ok=True) is None
     (first,) = tmp_path.glob("log-1-*")  # worker 1 wrote one batch, then died
     assert len(first.read_text().splitlines()) == 1
 
@@ -114,7 +117,7 @@ def test_kill_a_worker_then_resume(conditions, single, tmp_path):
     # batches finished before the kill were kept, and every batch was generated exactly once over both runs
     assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept
     logged = [tuple(json.loads(line)[:2]) for p in tmp_path.glob("log-*") for line in p.read_text().splitlines()]
-    assert sorted(logged) == sorted({(t, b) for t in range(3) for b in range(4 if t < 2 else 3)})
+    assert sorted(logged) == sorted({(t, b) for t, k in enumerate([4, 4, 6]) for b in range(k)})
     assert not list(out.glob(".*.tmp"))
 
 
@@ -146,3 +149,27 @@ def test_bad_conditions_are_refused_before_any_launch(tmp_path):
     with pytest.raises(InterpError, match="unfinished"):
         prepare(MODEL, {"x": (["hi"], None)}, tmp_path / "c")
         collect(tmp_path / "c")
+
+
+def test_conditions_build_the_evaluation_interventions(tiny_llama):
+    """Conditions rebuild exactly what an evaluation writes by hand (everywhere, Add at resid_pre.L, several
+    conditions on their own rows of one pass as Compose of OnRows): same completions on the tiny llama."""
+    from interp.generation import generate
+    from interp.interventions import Add, Compose, OnRows, everywhere
+    from interp.parallel_generate import interventions_for
+
+    model = tiny_llama
+    r = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    prompts = ["hello there", "a b c d e", "the cat sat", "one two"]
+    by_hand = {"resid_pre.1": Compose([OnRows(Add(r, -4.0), [0, 1]), OnRows(Add(r, 4.0), [3])])}
+    conds = [Condition("add", r, layer=1, scale=-4.0, rows=[0, 1]), Condition("add", r, layer=1, scale=4.0, rows=[3])]
+    steered = generate(model, prompts, max_new_tokens=4, batch_size=3, interventions=by_hand)
+    assert generate(model, prompts, max_new_tokens=4, batch_size=3,
+                    interventions=interventions_for(model, conds)) == steered
+    plain = generate(model, prompts, max_new_tokens=4, batch_size=3)
+    assert steered[2] == plain[2] and steered != plain  # row 2 untouched, the others steered
+    assert generate(model, prompts, max_new_tokens=4, interventions=interventions_for(model, Condition("ablate", r))) \
+        == generate(model, prompts, max_new_tokens=4, interventions=everywhere(model, r))
+    assert interventions_for(model, None) is None and interventions_for(model, []) is None
+    with pytest.raises(InterpError, match="out of range"):
+        interventions_for(model, Condition("add", r, layer=model.n_layers))
