@@ -103,6 +103,42 @@ def _check_device(device) -> None:
             from None
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def native_bf16(device: str | torch.device | None = None) -> bool:
+    """Whether ``device`` computes bfloat16 natively (a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX).
+
+    Elsewhere bfloat16 is emulated and slower than float32.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_dtype(name: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """A torch dtype from a name; ``"auto"`` is bfloat16 where the device computes it natively, else float32.
+
+    Example:
+        >>> resolve_dtype("float32")
+        torch.float32
+    """
+    if isinstance(name, torch.dtype):
+        return name
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    if name not in DTYPES:
+        raise InterpError(f"dtype {name!r} is not one of auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, *, backend: str = "hf", dtype: torch.dtype = torch.float32,
                device: str | torch.device | None = None, device_map=None, max_memory: dict | None = None,
                offload_folder: str | Path | None = None, trust_remote_code: bool = False,

@@ -118,6 +118,8 @@ def test_demo_runs_the_refusal_command_with_its_defaults(monkeypatch):
     ns = seen["ns"]
     assert (ns.model, ns.out, ns.mode, ns.n_val, ns.proxy_prompts) == (DEMO_MODEL, "somewhere", "pruned", 28, 8)
     assert (ns.kl_max, ns.induce_min) == (0.2, -0.5)  # the documented filters of the demo model
+    assert ns.dtype == "auto"  # bfloat16 where the machine computes it natively, as the paper's code runs
+    assert main(["demo", "--out", "o", "--dtype", "float32"]) == 0 and seen["ns"].dtype == "float32"
     # another model gets interp refusal's own defaults; a filter given on the command line wins
     assert main(["demo", "--model", "some/model", "--out", "o", "--induce-min", "0.3"]) == 0
     assert (seen["ns"].kl_max, seen["ns"].induce_min) == (0.1, 0.3)

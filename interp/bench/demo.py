@@ -16,13 +16,15 @@ from __future__ import annotations
 import time
 
 
-def bench_demo(model_name: str, config: dict | None = None, out: str | None = None, progress: bool = False) -> dict:
-    """Stage times of one refusal run; ``config`` holds ``refusal.Config`` fields (the demo's defaults otherwise)."""
+def bench_demo(model_name: str, config: dict | None = None, out: str | None = None, progress: bool = False,
+               dtype: str = "float32") -> dict:
+    """Stage times of one refusal run; ``config`` holds ``refusal.Config`` fields (the demo's defaults otherwise);
+    ``dtype`` as ``interp.loading.resolve_dtype`` takes it ("auto": bfloat16 where native)."""
     from ..experiments import refusal
-    from ..loading import load_model
+    from ..loading import load_model, resolve_dtype
 
     t0 = time.perf_counter()
-    model = load_model(model_name, progress=progress)
+    model = load_model(model_name, progress=progress, dtype=resolve_dtype(dtype))
     load_s = time.perf_counter() - t0
     cfg = refusal.Config(**(config or {}))
     result = refusal.run(model, cfg, out, progress=progress)
@@ -33,7 +35,7 @@ def bench_demo(model_name: str, config: dict | None = None, out: str | None = No
     if other > 0.05:  # report building, figures, writing files
         stages["other"] = round(other, 1)
     ev = result.report["evaluation"]
-    return {"model": model_name, "config": {k: v for k, v in result.report["config"].items() if v is not None},
+    return {"model": model_name, "dtype": result.report["model"]["dtype"], "config": {k: v for k, v in result.report["config"].items() if v is not None},
             "load_s": round(load_s, 1), "total_s": round(total, 1), "stages_s": stages,
             "share": {k: round(v / total, 3) if total > 0 else None for k, v in stages.items()},
             "chosen": [result.layer, result.position],
@@ -42,7 +44,7 @@ def bench_demo(model_name: str, config: dict | None = None, out: str | None = No
 
 
 def print_table(r: dict) -> None:
-    print(f"refusal run on {r['model']}: {r['total_s']:.1f} s (model load {r['load_s']:.1f} s, not counted)")
+    print(f"refusal run on {r['model']} ({r.get('dtype', 'float32')}): {r['total_s']:.1f} s (model load {r['load_s']:.1f} s, not counted)")
     print(f"  {'stage':<14}{'wall s':>9}{'share':>8}")
     for k, v in r["stages_s"].items():
         print(f"  {k:<14}{v:>9.1f}{r['share'][k]:>8.1%}")

@@ -64,6 +64,8 @@ def add_parser(sub) -> None:
                              ("--seed", int, "shuffling seed")):
         demo.add_argument(flag, type=typ, default=None, help=f"{help_} (default: as interp demo)")
     demo.add_argument("--no-filter", action="store_true", help="do not filter train/val prompts by the baseline")
+    demo.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                      help="weights dtype (default auto, as interp demo: bfloat16 where native, else float32)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(func=run_demo)
     p.set_defaults(func=lambda args: p.print_help() or 0)
@@ -92,7 +94,7 @@ def run_demo(args) -> int:
     config = {**DEMO_FILTERS.get(name, {}), **{k: getattr(args, k) for k in keys if getattr(args, k) is not None}}
     if args.no_filter:
         config["filter_train"] = False
-    r = bench_demo(name, config, out=args.out, progress=not args.json)
+    r = bench_demo(name, config, out=args.out, progress=not args.json, dtype=args.dtype)
     if args.json:
         print(json.dumps(r))
     else:

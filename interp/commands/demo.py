@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
     add_model_argument(p, DEMO_MODEL, help="packaged model name, .gguf file, local folder or hub id "
                        "(qwen2.5-coder-0.5b-instruct takes 11 min)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights dtype (default auto: bfloat16 where the machine computes it natively, as the "
+                   "paper's code runs the models; float32 elsewhere)")
     p.add_argument("--kl-max", type=float, default=None,
                    help="KL filter of the selection (default: the model's documented setting, else interp "
                    "refusal's)")
@@ -50,10 +53,12 @@ def run(args) -> int:
     # the refusal command's own parser, so the demo runs exactly its defaults where no filter is set here
     sub = argparse.ArgumentParser().add_subparsers()
     add_refusal_parser(sub)
-    argv = [model, "--out", args.out]
+    argv = [model, "--out", args.out, "--dtype", args.dtype]
     for name, value in filters.items():
         argv += [f"--{name.replace('_', '-')}", str(value)]
     ns = sub.choices["refusal"].parse_args(argv)
-    print(f"interp demo: refusal direction of {model} (selection filters: KL ≤ {ns.kl_max}, "
-          f"induce ≥ {ns.induce_min})", flush=True)
+    from ..loading import resolve_dtype
+
+    print(f"interp demo: refusal direction of {model} in {str(resolve_dtype(ns.dtype)).replace('torch.', '')} "
+          f"(selection filters: KL ≤ {ns.kl_max}, induce ≥ {ns.induce_min})", flush=True)
     return run_refusal(ns)

@@ -49,6 +49,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run once per seed (each another train/validation/held-out split) and report mean ± sd of "
                    "the held-out numbers; each seed's report goes to OUT/seed_<s>")
+    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
+                   "it natively, as the paper's code runs, else float32)")
     p.add_argument("--save-model", action="store_true",
                    help="also save the weight-orthogonalized model (save_pretrained) under --out")
     p.set_defaults(func=run)
@@ -69,6 +72,8 @@ def add_parser(sub) -> None:
                    "(an LLM judge on the packaged 1.5B Qwen), model:NAME (another chat model), "
                    "hf-classifier:ID_OR_FOLDER (Llama Guard, HarmBench classifier); the top-level numbers are "
                    "always the substring judge's")
+    e.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations dtype (default float32; auto: bfloat16 where native)")
     e.add_argument("--json", action="store_true", help="print one JSON object (without example completions)")
     e.set_defaults(func=run_eval)
 
@@ -112,13 +117,13 @@ def config(args):
 def run(args) -> int:
     from ..data.prompts import read_prompt_file
     from ..experiments import refusal
-    from ..loading import load_model
+    from ..loading import load_model, resolve_dtype
 
     check_args(args)
     cfg = config(args)
     prompts = {k: read_prompt_file(getattr(args, k)) if getattr(args, k) else None
                for k in ("harmful", "harmless", "harmful_eval", "harmless_eval")}
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=resolve_dtype(getattr(args, "dtype", "float32")))
     result = refusal.run(model, cfg, args.out, **prompts)
     r = result.report
     ev, ch = r["evaluation"], r["chosen"]
@@ -146,7 +151,7 @@ def run_eval(args) -> int:
     from ..errors import InterpError
     from ..experiments.refusal import evaluate
     from ..judges import get_judge, judge_conditions
-    from ..loading import load_model
+    from ..loading import load_model, resolve_dtype
     from ._args import split_list
 
     check_args(args)
@@ -154,7 +159,7 @@ def run_eval(args) -> int:
     for j in judges:
         j.progress = not args.json
     harmful, harmless = read_prompt_file(args.harmful), read_prompt_file(args.harmless)
-    model = load_model(args.model, progress=not args.json)
+    model = load_model(args.model, progress=not args.json, dtype=resolve_dtype(getattr(args, "dtype", "float32")))
     direction, meta = load_direction(args.direction, model)
     if "layer" not in meta:
         raise InterpError(f"{args.direction} has no layer in its metadata; was it written by interp refusal?")
