@@ -341,15 +341,17 @@ def run_worker(out_dir, progress: bool = True) -> int:
         model = load_model(job["model"], dtype=getattr(torch, job["dtype"]),
                            device=distributed.worker_device() if distributed.launched() else None,
                            progress=progress and rank == 0)
-        for t in job["tasks"]:
+        for t in job["tasks"]:  # interventions built here too, so a bad one is reported before any work
             ids = model.encode(t["prompts"], chat=job["chat"], system=job["system"]).ids
-            plans.append((ids, batch_plan(ids, job["batch_size"])))
+            conds = [Condition(c["kind"], out / c["direction"], c["layer"], c["scale"], c["rows"])
+                     for c in t["conditions"]]
+            plans.append((ids, batch_plan(ids, job["batch_size"]), interventions_for(model, conds)))
     except InterpError as e:
         error = f"worker {rank}: {e}"
     distributed._raise_first(distributed._all_gather(error))
     # rank 0's listing, taken before anyone writes, so every worker splits the same list
     done = set(distributed._all_gather(sorted(_finished(out, job)) if rank == 0 else None)[0])
-    todo = [(t, b) for t, (_, plan) in enumerate(plans) for b in range(len(plan)) if _shard_name(t, b) not in done]
+    todo = [(t, b) for t, (_, plan, _) in enumerate(plans) for b in range(len(plan)) if _shard_name(t, b) not in done]
     mine = todo[rank::size]  # batches are sorted by length, so interleaving balances the work
     bar = tqdm(total=len(mine), desc=f"generate (worker {rank} of {size})", unit="batch",
                disable=not progress or rank != 0)
@@ -357,15 +359,13 @@ def run_worker(out_dir, progress: bool = True) -> int:
         batches = [b for tt, b in mine if tt == t]
         if not batches:
             continue
-        ids, plan = plans[t]
+        ids, plan, interventions = plans[t]
         index = {tuple(plan[b]): b for b in batches}
 
         def save(rows, texts, t=t, index=index):
             _write_shard(out, job, t, index[tuple(rows)], rows, texts)
             bar.update(1)
 
-        interventions = interventions_for(model, [Condition(c["kind"], out / c["direction"], c["layer"], c["scale"],
-                                                            c["rows"]) for c in task["conditions"]])
         generate_from_ids(model, ids, job["max_new_tokens"], batch_size=job["batch_size"],
                           interventions=interventions, batches=[plan[b] for b in batches], on_batch=save)
     bar.close()
@@ -374,8 +374,8 @@ def run_worker(out_dir, progress: bool = True) -> int:
 
 def generate_conditions_parallel(model_spec: str, conditions: ConditionSet, out_dir, workers: int = 2, *,
                                  max_new_tokens: int = 64, batch_size: int = 16, chat: bool = True,
-                                 system: str | None = None, dtype: str = "float32",
-                                 overwrite: bool = False) -> dict[str, list[str]]:
+                                 system: str | None = None, dtype: str = "float32", overwrite: bool = False,
+                                 progress: bool = True) -> dict[str, list[str]]:
     """``generate_conditions`` split over ``workers`` torchrun processes on this machine, each loading
     ``model_spec`` (one GPU per worker when CUDA is there), all conditions in one launch. Rerunning it with
     the same arguments resumes an interrupted job (finished batches are kept, each prompt is generated once).
@@ -391,14 +391,15 @@ def generate_conditions_parallel(model_spec: str, conditions: ConditionSet, out_
     done = collect(out_dir, missing_ok=True)
     if done is not None:  # a finished job: nothing to launch
         return done
-    distributed.launch([str(Path(out_dir).resolve())], workers, module="interp.parallel_generate")
+    distributed.launch([str(Path(out_dir).resolve())] + ["--quiet"] * (not progress), workers,
+                       module="interp.parallel_generate")
     return collect(out_dir)
 
 
 def generate_parallel(model_spec: str, prompts: Sequence[str], out_dir, workers: int = 2, *,
                       condition: Condition | None = None, max_new_tokens: int = 64, batch_size: int = 16,
                       chat: bool = True, system: str | None = None, dtype: str = "float32",
-                      overwrite: bool = False) -> list[str]:
+                      overwrite: bool = False, progress: bool = True) -> list[str]:
     """Greedy completions of ``prompts`` (under ``condition``) from ``workers`` torchrun processes: equal to
     ``generate(model, prompts, max_new_tokens, batch_size=batch_size, interventions=...)`` token for token.
 
@@ -408,7 +409,8 @@ def generate_parallel(model_spec: str, prompts: Sequence[str], out_dir, workers:
     """
     return generate_conditions_parallel(model_spec, {"completions": (prompts, condition)}, out_dir, workers,
                                         max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
-                                        system=system, dtype=dtype, overwrite=overwrite)["completions"]
+                                        system=system, dtype=dtype, overwrite=overwrite,
+                                        progress=progress)["completions"]
 
 
 class ParallelGenerator:
@@ -426,9 +428,10 @@ class ParallelGenerator:
     """
 
     def __init__(self, model_spec: str, out_dir, workers: int, batch_size: int = 16, chat: bool = True,
-                 system: str | None = None, dtype: str = "float32"):
+                 system: str | None = None, dtype: str = "float32", progress: bool = True):
         self.model_spec, self.out_dir, self.workers = model_spec, Path(out_dir), workers
         self.batch_size, self.chat, self.system, self.dtype = batch_size, chat, system, dtype
+        self.progress = progress
 
     def __call__(self, conditions: ConditionSet, max_new_tokens: int,
                  batch_size: int | None = None) -> dict[str, list[str]]:
@@ -437,19 +440,22 @@ class ParallelGenerator:
                       self.system, self.dtype)
         return generate_conditions_parallel(self.model_spec, conditions, self.out_dir / f"job-{job['key'][:16]}",
                                             self.workers, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                            chat=self.chat, system=self.system, dtype=self.dtype)
+                                            chat=self.chat, system=self.system, dtype=self.dtype,
+                                            progress=self.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m interp.parallel_generate JOB_DIR``: one worker (under torchrun) of a prepared job."""
+    """``python -m interp.parallel_generate JOB_DIR [--quiet]``: one worker (under torchrun) of a prepared job."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet = "--quiet" in argv
+    argv = [a for a in argv if a != "--quiet"]
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: torchrun --nproc-per-node N -m interp.parallel_generate JOB_DIR (a folder written by "
-              "interp.parallel_generate.prepare)", file=sys.stderr)
+        print("usage: torchrun --nproc-per-node N -m interp.parallel_generate JOB_DIR [--quiet] (a folder written "
+              "by interp.parallel_generate.prepare)", file=sys.stderr)
         return 2
     try:
-        return run_worker(argv[0])
-    except InterpError as e:
+        return run_worker(argv[0], progress=not quiet)
+    except (InterpError, OSError) as e:
         print(f"interp: error: {e}", file=sys.stderr)
         return 2
 

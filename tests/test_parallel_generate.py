@@ -173,3 +173,28 @@ def test_conditions_build_the_evaluation_interventions(tiny_llama):
     assert interventions_for(model, None) is None and interventions_for(model, []) is None
     with pytest.raises(InterpError, match="out of range"):
         interventions_for(model, Condition("add", r, layer=model.n_layers))
+
+
+def test_one_worker_in_process_on_a_tiny_folder(tiny_llama, tmp_path):
+    """``run_worker`` outside a launch runs the whole job: the same texts as ``generate_conditions``; a job whose
+    intervention does not fit the model stops before any batch is written."""
+    from interp.loading import load_model
+    from interp.parallel_generate import run_worker
+
+    folder = tmp_path / "tiny"
+    tiny_llama.hf.save_pretrained(folder)
+    tiny_llama.tokenizer.save_pretrained(folder)
+    model = load_model(str(folder), progress=False)
+    r = torch.randn(model.d_model, generator=torch.Generator().manual_seed(2))
+    conds = {"base": (["hello there", "a b c d e", "one two"], None),
+             "mixed": (["the cat sat"] * 3, [Condition("ablate", r, rows=[1]), Condition("add", r, 1, 3.0, [2])])}
+    prepare(str(folder), conds, tmp_path / "gen", max_new_tokens=4, batch_size=2)
+    assert run_worker(tmp_path / "gen", progress=False) == 0
+    texts = collect(tmp_path / "gen")
+    assert texts == generate_conditions(model, conds, 4, batch_size=2)
+    assert len(set(texts["mixed"])) == 3  # three rows, three conditions, three texts
+    bad = {"base": (["hi"], Condition("add", r, layer=5))}
+    prepare(str(folder), bad, tmp_path / "bad", max_new_tokens=4, batch_size=2)
+    with pytest.raises(InterpError, match="layer 5 is out of range"):
+        run_worker(tmp_path / "bad", progress=False)
+    assert not list((tmp_path / "bad").glob("task*"))
