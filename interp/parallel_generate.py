@@ -167,13 +167,16 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _job(out: Path, model_spec: str, conditions: ConditionSet, max_new_tokens: int, batch_size: int, chat: bool,
-         system: str | None, dtype: str) -> tuple[dict, dict[str, torch.Tensor]]:
+         system: str | None, dtype: str | torch.dtype) -> tuple[dict, dict[str, torch.Tensor]]:
     """The job description (JSON) and the direction files it names (not yet written)."""
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InterpError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(dtype, torch.dtype):  # e.g. the caller's model.dtype, so workers load what the caller loaded
+        dtype = str(dtype).removeprefix("torch.")
     if dtype not in ("float32", "float16", "bfloat16"):
-        raise InterpError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        raise InterpError(f"dtype must be float32, float16 or bfloat16 (or that torch.dtype), got {dtype!r}; resolve "
+                          f"'auto' first (interp.loading.resolve_dtype) so every worker loads the same weights")
     if not conditions:
         raise InterpError("no conditions to generate: pass {name: (prompts, Condition or None)}")
     tasks, files = [], {}

@@ -198,3 +198,10 @@ def test_one_worker_in_process_on_a_tiny_folder(tiny_llama, tmp_path):
     with pytest.raises(InterpError, match="layer 5 is out of range"):
         run_worker(tmp_path / "bad", progress=False)
     assert not list((tmp_path / "bad").glob("task*"))
+
+
+def test_dtype_is_a_name_or_a_torch_dtype(tmp_path):
+    job = prepare(MODEL, {"x": (["hi"], None)}, tmp_path / "a", dtype=torch.bfloat16)
+    assert job["dtype"] == "bfloat16"
+    with pytest.raises(InterpError, match="resolve 'auto' first"):
+        prepare(MODEL, {"x": (["hi"], None)}, tmp_path / "b", dtype="auto")
