@@ -205,3 +205,32 @@ def test_dtype_is_a_name_or_a_torch_dtype(tmp_path):
     assert job["dtype"] == "bfloat16"
     with pytest.raises(InterpError, match="resolve 'auto' first"):
         prepare(MODEL, {"x": (["hi"], None)}, tmp_path / "b", dtype="auto")
+
+
+@pytest.mark.slow
+def test_refusal_eval_workers_equal_one_process(tmp_path, capsys, monkeypatch):
+    """``interp refusal-eval --workers 2`` prints the JSON of the in-process run (completions token for token,
+    so every rate and the CE); a rerun into the same --work-dir resumes without launching workers again."""
+    from interp import load_model
+    from interp.cli import main
+    from interp.directions import save_direction
+
+    model = load_model(MODEL, progress=False)
+    r = torch.randn(model.d_model, generator=torch.Generator().manual_seed(1))
+    save_direction(tmp_path / "d.safetensors", 4 * r / r.norm(), {"model": MODEL, "layer": 10,
+                                                                  "model_fingerprint": model.fingerprint})
+    (tmp_path / "h.txt").write_text("\n".join(PROMPTS[:3]) + "\n")
+    (tmp_path / "l.txt").write_text("\n".join(PROMPTS[3:6]) + "\n")
+    for k, v in env().items():
+        monkeypatch.setenv(k, v)
+    base = ["refusal-eval", MODEL, "--direction", str(tmp_path / "d.safetensors"), "--harmful", str(tmp_path / "h.txt"),
+            "--harmless", str(tmp_path / "l.txt"), "--max-new-tokens", "8", "--judges", "substring", "--json"]
+    outs = []
+    for extra in ([], ["--workers", "2", "--work-dir", str(tmp_path / "w")], ["--workers", "2", "--work-dir",
+                                                                               str(tmp_path / "w")]):
+        assert main(base + extra) == 0
+        out = json.loads(capsys.readouterr().out)
+        out.pop("timing")
+        outs.append(out)
+    assert outs[0] == outs[1] == outs[2]
+    assert len(list((tmp_path / "w").rglob("*.jsonl"))) > 0

@@ -162,7 +162,13 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
     assert all((v is None) == (b is None) for row_p, row_b in zip(sel["passes"], sel["bypass"])
                for v, b in zip(row_p, row_b))
     assert set(report["timing"]) >= {"split_filter_s", "candidates_s", "scorer_setup_s", "selection_s",
-                                     "evaluation_s", "total_s"}
+                                     "evaluation_s", "evaluation_generate_s", "evaluation_ce_s", "total_s"}
+    # the judges (substring by default): its rates are the headline numbers, and the report shows its table
+    sub = report["judges"]["substring"]
+    assert (sub["ablated_refusal"], sub["induced_refusal"]) == (report["evaluation"]["ablated_refusal"],
+                                                                report["evaluation"]["induced_refusal"])
+    assert sub["ablated_refusal"] + sub["ablated_compliance"] + sub["ablated_incoherent"] == pytest.approx(1.0)
+    assert "Refusal under each judge" in (tmp_path / "report.html").read_text()
     assert [h["split"] for h in report["summary"]][0] == "test: held-out eval (n=1 harmful)"
     assert set(result.figures) == {"bypass", "induce", "kl", "refusal_rates"}
     assert json.loads((tmp_path / "splits.json").read_text())["harmful_eval"] == [report["examples"][

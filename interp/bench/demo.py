@@ -30,6 +30,7 @@ def bench_demo(model_name: str, config: dict | None = None, out: str | None = No
     result = refusal.run(model, cfg, out, progress=progress)
     timing = dict(result.report["timing"])
     total = float(timing.pop("total_s"))
+    parts = {k[len("evaluation_"):-2]: float(timing.pop(k)) for k in list(timing) if k.startswith("evaluation_")}
     stages = {k[:-2] if k.endswith("_s") else k: float(v) for k, v in timing.items()}
     other = total - sum(stages.values())
     if other > 0.05:  # report building, figures, writing files
@@ -38,6 +39,7 @@ def bench_demo(model_name: str, config: dict | None = None, out: str | None = No
     return {"model": model_name, "dtype": result.report["model"]["dtype"], "config": {k: v for k, v in result.report["config"].items() if v is not None},
             "load_s": round(load_s, 1), "total_s": round(total, 1), "stages_s": stages,
             "share": {k: round(v / total, 3) if total > 0 else None for k, v in stages.items()},
+            "evaluation_parts_s": parts,
             "chosen": [result.layer, result.position],
             "evaluation": {k: ev[k] for k in ("baseline_refusal", "ablated_refusal", "minus_r_refusal",
                                               "baseline_harmless_refusal", "induced_refusal", "ce_delta")}}
@@ -48,5 +50,8 @@ def print_table(r: dict) -> None:
     print(f"  {'stage':<14}{'wall s':>9}{'share':>8}")
     for k, v in r["stages_s"].items():
         print(f"  {k:<14}{v:>9.1f}{r['share'][k]:>8.1%}")
+        if k == "evaluation":
+            for part, sec in r.get("evaluation_parts_s", {}).items():
+                print(f"    {part:<12}{sec:>9.1f}")
     print(f"  chosen layer {r['chosen'][0]}, position {r['chosen'][1]}; held-out: "
           + ", ".join(f"{k} {v:.3f}" for k, v in r["evaluation"].items()))

@@ -5,9 +5,11 @@ Both parse and check their arguments (numbers, prompt and direction files) befor
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -74,6 +76,11 @@ def add_parser(sub) -> None:
                    "always the substring judge's")
     e.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations dtype (default float32; auto: bfloat16 where native)")
+    e.add_argument("--workers", type=int, default=1,
+                   help="generate on this many torchrun worker processes (default 1: in this process); the "
+                   "completions equal one process's (interp.parallel_generate, docs/scale.md)")
+    e.add_argument("--work-dir", help="with --workers: where the workers write their batches; rerunning the same "
+                   "command with it resumes an interrupted run (default: a temporary folder)")
     e.add_argument("--json", action="store_true", help="print one JSON object (without example completions)")
     e.set_defaults(func=run_eval)
 
@@ -87,7 +94,7 @@ def check_args(args) -> None:
         if v is not None and v < low:
             raise InterpError(f"--{name.replace('_', '-')} must be at least {low}, got {v}")
 
-    for name in ("n_train", "n_val", "top_k", "proxy_prompts", "max_new_tokens"):
+    for name in ("n_train", "n_val", "top_k", "proxy_prompts", "max_new_tokens", "workers"):
         at_least(name, 1)
     at_least("n_eval", 0 if getattr(args, "harmful_eval", None) and getattr(args, "harmless_eval", None) else 1)
     frac = getattr(args, "max_layer_frac", None)
@@ -150,7 +157,7 @@ def run_eval(args) -> int:
     from ..directions import load_direction
     from ..errors import InterpError
     from ..experiments.refusal import evaluate
-    from ..judges import get_judge, judge_conditions
+    from ..judges import get_judge
     from ..loading import load_model, resolve_dtype
     from ._args import split_list
 
@@ -167,37 +174,29 @@ def run_eval(args) -> int:
         print(f"warning: direction was made for {meta.get('model')} ({meta.get('model_fingerprint')}), "
               f"not this model ({model.fingerprint})", file=sys.stderr)
     start = time.perf_counter()
-    n_all = max(len(harmful), len(harmless))
-    result = evaluate(model, direction, int(meta["layer"]), harmful, harmless, args.max_new_tokens,
-                      progress=not args.json, examples=n_all)
-    generate_s = time.perf_counter() - start
-    pairs = {cond: ([e["prompt"] for e in rows], [e["completion"] for e in rows])
-             for cond, rows in result["examples"].items()}
-    result["examples"] = {cond: rows[:4] for cond, rows in result["examples"].items()}
-    rates = judge_conditions(pairs, judges)
-    result["judges"] = {name: _judge_summary(r, result["ce_delta"], j.harmful_only)
-                        for (name, r), j in zip(rates.items(), judges)}
+    with _generator(args, model) as generator:
+        result = evaluate(model, direction, int(meta["layer"]), harmful, harmless, args.max_new_tokens,
+                          progress=not args.json, examples=4, judges=judges, generator=generator)
     result["max_new_tokens"] = args.max_new_tokens
-    result["timing"] = {"generate_and_ce_s": round(generate_s, 1),
-                        "judges_s": round(time.perf_counter() - start - generate_s, 1)}
+    result["timing"] = dict(result.pop("timing_s"), total_s=round(time.perf_counter() - start, 1))
     summary = {k: v for k, v in result.items() if k != "examples"}
     print(json.dumps(summary if args.json else result, indent=None if args.json else 1))
     return 0
 
 
-def _judge_summary(rates: dict, ce_delta: float, harmful_only: bool) -> dict:
-    """One judge's refusal-eval numbers from its label rates per condition.
 
-    A safety classifier (``harmful_only``) says nothing about refusal of harmless prompts: None there.
-    """
-    harmless = (lambda cond: None) if harmful_only else (lambda cond: rates[cond]["refusal"])
-    return {"baseline_refusal": rates["harmful_baseline"]["refusal"],
-            "ablated_refusal": rates["harmful_ablated"]["refusal"],
-            "ablated_compliance": rates["harmful_ablated"]["compliance"],
-            "ablated_incoherent": rates["harmful_ablated"]["incoherent"],
-            "minus_r_refusal": rates["harmful_minus_r"]["refusal"],
-            "minus_r_incoherent": rates["harmful_minus_r"]["incoherent"],
-            "baseline_harmless_refusal": harmless("harmless_baseline"),
-            "induced_refusal": harmless("harmless_plus_r"),
-            "induced_incoherent": None if harmful_only else rates["harmless_plus_r"]["incoherent"],
-            "ce_delta": ce_delta, "labels": rates}
+
+@contextlib.contextmanager
+def _generator(args, model):
+    """None (generate in this process) or a ``ParallelGenerator`` over ``--workers`` processes."""
+    if args.workers <= 1:
+        yield None
+        return
+    from ..parallel_generate import ParallelGenerator
+
+    dtype = str(next(model.hf.parameters()).dtype).replace("torch.", "")
+    if args.work_dir:
+        yield ParallelGenerator(args.model, args.work_dir, args.workers, dtype=dtype, progress=not args.json)
+        return
+    with tempfile.TemporaryDirectory(prefix="interp-refusal-eval-") as work:
+        yield ParallelGenerator(args.model, work, args.workers, dtype=dtype, progress=not args.json)

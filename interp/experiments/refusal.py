@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,8 +37,7 @@ from tqdm.auto import tqdm
 from ..analyzers.refusal import candidate_directions
 from ..errors import InterpError
 from ..evaluation import REFUSAL_PHRASES, completion_ce, refusal_metric, refusal_score
-from ..generation import generate
-from ..interventions import Add, Compose, OnRows, everywhere
+from ..interventions import Add, everywhere
 from ..prefix import SharedPrefix
 from ..protocol import Splits, protocol_block, seed_sweep
 from ..report import Headline, Result, Stopwatch, write_report
@@ -72,6 +70,7 @@ class Config:
     examples: int = 4  #: completions shown in the report per condition
     save_model: bool = False  #: also write the weight-orthogonalized model (edits the model in place, at the end)
     seeds: Sequence[int] | None = None  #: repeat split, search and evaluation per seed; headlines become mean ± spread
+    judges: Sequence[str] = ("substring",)  #: refusal judges of the evaluation (interp.judges); substring is the paper's
 
 
 #: The older name of ``Config`` (``interp.refusal.RefusalConfig`` before the experiments layer).
@@ -194,12 +193,17 @@ def addition(direction: torch.Tensor, layer: int, scale: float = 1.0) -> dict:
 
 def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str], harmless: Sequence[str],
              max_new_tokens: int = 48, batch_size: int = 16, phrases: Sequence[str] = REFUSAL_PHRASES,
-             progress: bool = True, examples: int = 4, generate_batch_size: int = 64) -> dict:
+             progress: bool = True, examples: int = 4, generate_batch_size: int = 64,
+             judges: Sequence = (), generator=None) -> dict:
     """Refusal rates and the CE change with greedy completions on held-out prompts.
 
     Harmful prompts at baseline, with r̂ ablated everywhere and with −r at ``layer``; harmless prompts at
     baseline and with +r at ``layer``; the CE of the harmless baseline completions with and without the
-    ablation.
+    ablation. The top-level rates are the paper's substring judge's; ``judges`` (names or
+    ``interp.judges.Judge`` objects: "substring", "model", "model:NAME", "hf-classifier:ID") add a
+    ``judges`` entry with every judge's rates, including the compliance and incoherent shares under
+    ablation (``judge_summary``). ``generator`` replaces the in-process generation, e.g. by
+    ``interp.parallel_generate.ParallelGenerator`` (the same completions from several worker processes).
 
     Two generation passes: the four conditions that run on the model's own weights share one (each
     prompt appears once per condition, the steering limited to its copy's rows with ``OnRows``), in
@@ -207,27 +211,31 @@ def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str],
     CPU); the ablation runs as a weight edit (``interp.intervene``). The CE passes run the chat
     template's shared prefix once.
     """
+    sw = Stopwatch()
     harmful, harmless = list(harmful), list(harmless)
     n_h, n_l = len(harmful), len(harmless)
     order = ["harmful_baseline", "harmful_minus_r", "harmless_baseline", "harmless_plus_r"]
-    prompts = harmful + harmful + harmless + harmless
-    steer = Compose([OnRows(Add(direction, -1.0), range(n_h, 2 * n_h)),
-                     OnRows(Add(direction, +1.0), range(2 * n_h + n_l, 2 * n_h + 2 * n_l))])
-    texts = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=generate_batch_size,
-                     progress=progress, interventions={f"resid_pre.{layer}": steer})
+    from ..parallel_generate import Condition, generate_conditions
+
+    passes = {"own_weights": (harmful + harmful + harmless + harmless,
+                              [Condition("add", direction, layer, -1.0, rows=range(n_h, 2 * n_h)),
+                               Condition("add", direction, layer, +1.0, rows=range(2 * n_h + n_l, 2 * n_h + 2 * n_l))]),
+              "harmful_ablated": (harmful, Condition("ablate", direction))}
+    gen = generator or (lambda conds, n, bs: generate_conditions(model, conds, n, bs, progress=progress))
+    with sw("generate"):
+        texts = gen(passes, max_new_tokens, generate_batch_size)
     starts = [0, n_h, 2 * n_h, 2 * n_h + n_l, 2 * n_h + 2 * n_l]
-    completions = {name: texts[a:b] for name, a, b in zip(order, starts, starts[1:])}
-    completions["harmful_ablated"] = generate(model, harmful, max_new_tokens=max_new_tokens,
-                                              batch_size=generate_batch_size, progress=progress,
-                                              interventions=everywhere(model, direction))
+    completions = {name: texts["own_weights"][a:b] for name, a, b in zip(order, starts, starts[1:])}
+    completions["harmful_ablated"] = texts["harmful_ablated"]
     sources = {"harmful_baseline": harmful, "harmful_ablated": harmful, "harmful_minus_r": harmful,
                "harmless_baseline": harmless, "harmless_plus_r": harmless}
     rates = {name: refusal_score(completions[name], phrases) for name in sources}
-    ce_base = completion_ce(model, harmless, completions["harmless_baseline"], batch_size=batch_size,
-                            share_prefix=True)
-    ce_ablated = completion_ce(model, harmless, completions["harmless_baseline"], everywhere(model, direction),
-                               batch_size=batch_size, share_prefix=True)
-    return {
+    with sw("ce"):
+        ce_base = completion_ce(model, harmless, completions["harmless_baseline"], batch_size=batch_size,
+                                share_prefix=True)
+        ce_ablated = completion_ce(model, harmless, completions["harmless_baseline"], everywhere(model, direction),
+                                   batch_size=batch_size, share_prefix=True)
+    out = {
         "baseline_refusal": rates["harmful_baseline"], "ablated_refusal": rates["harmful_ablated"],
         "minus_r_refusal": rates["harmful_minus_r"], "induced_refusal": rates["harmless_plus_r"],
         "baseline_harmless_refusal": rates["harmless_baseline"], "ce_baseline": ce_base, "ce_ablated": ce_ablated,
@@ -237,6 +245,34 @@ def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str],
                      for name in ["harmful_baseline", "harmful_ablated", "harmful_minus_r", "harmless_baseline",
                                   "harmless_plus_r"]},
     }
+    if judges:
+        from ..judges import get_judge, judge_conditions
+
+        objs = [get_judge(j) for j in judges]
+        with sw("judges"):
+            rated = judge_conditions({name: (sources[name], completions[name]) for name in sources}, objs)
+        out["judges"] = {name: judge_summary(r, out["ce_delta"], j.harmful_only)
+                         for (name, r), j in zip(rated.items(), objs)}
+    out["timing_s"] = {k: round(v, 1) for k, v in sw.seconds.items()}
+    return out
+
+
+def judge_summary(rates: dict, ce_delta: float, harmful_only: bool = False) -> dict:
+    """One judge's refusal-evaluation numbers from its label rates per condition (``judge_conditions``).
+
+    A safety classifier (``harmful_only``) says nothing about refusal of harmless prompts: None there.
+    """
+    harmless = (lambda cond: None) if harmful_only else (lambda cond: rates[cond]["refusal"])
+    return {"baseline_refusal": rates["harmful_baseline"]["refusal"],
+            "ablated_refusal": rates["harmful_ablated"]["refusal"],
+            "ablated_compliance": rates["harmful_ablated"]["compliance"],
+            "ablated_incoherent": rates["harmful_ablated"]["incoherent"],
+            "minus_r_refusal": rates["harmful_minus_r"]["refusal"],
+            "minus_r_incoherent": rates["harmful_minus_r"]["incoherent"],
+            "baseline_harmless_refusal": harmless("harmless_baseline"),
+            "induced_refusal": harmless("harmless_plus_r"),
+            "induced_incoherent": None if harmful_only else rates["harmless_plus_r"]["incoherent"],
+            "ce_delta": ce_delta, "labels": rates}
 
 
 # ------------------------------------------------------------------ the experiment
@@ -308,13 +344,15 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     # evaluate: greedy completions on the held-out prompts under the same interventions
     with sw("evaluation"):
         evaluation = evaluate(model, direction, selection.layer, splits["harmful_eval"], splits["harmless_eval"],
-                              cfg.max_new_tokens, cfg.batch_size, progress=progress, examples=cfg.examples)
+                              cfg.max_new_tokens, cfg.batch_size, progress=progress, examples=cfg.examples,
+                              judges=tuple(cfg.judges))
 
     # report
     post_tokens = [model.tokenizer.decode([model.encode(splits["harmful_train"][:1]).ids[0][int(i)]])
                    for i in acts_h.positions[0]]
     filters = {"kl_max": cfg.kl_max, "induce_min": cfg.induce_min, "max_layer_frac": cfg.max_layer_frac}
     timing = {f"{k}_s": round(v, 1) for k, v in sw.seconds.items()}
+    timing.update({f"evaluation_{k}_s": v for k, v in evaluation["timing_s"].items()})
     timing["total_s"] = round(sw.total, 1)
 
     def grid(attr):  # None where not computed (valid JSON, unlike NaN)
@@ -344,7 +382,8 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
                       "kl": grid("kl"), "proxy_bypass": grid("proxy_bypass"),
                       "proxy_induce": grid("proxy_induce"), "proxy_kl": grid("proxy_kl"),
                       "passes": [[passing(layer, p) for p in range(n_pos)] for layer in range(n_layers)]},
-        "evaluation": {k: v for k, v in evaluation.items() if k != "examples"},
+        "evaluation": {k: v for k, v in evaluation.items() if k not in ("examples", "judges", "timing_s")},
+        "judges": {name: {k: v for k, v in j.items() if k != "labels"} for name, j in evaluation.get("judges", {}).items()},
         "examples": evaluation["examples"],
         "timing": timing,
     }
@@ -363,7 +402,9 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
         "refusal", report, figures=_figures(report), headlines=headlines(report["evaluation"]), protocol=protocol,
         conclusion=conclusion(report), config=cfg, timing=timing,
         artifacts=_artifacts(model, direction, selection, splits, cfg.save_model),
-        tables={"Example completions": [{"condition": cond, **e} for cond, items in report["examples"].items()
+        tables={**({"Refusal under each judge (held-out test prompts)": judge_table(report["judges"])}
+                   if report["judges"] else {}),
+                "Example completions": [{"condition": cond, **e} for cond, items in report["examples"].items()
                                         for e in items]},
         title=f"Refusal direction: {model.name}",
         direction=direction, layer=selection.layer, position=selection.position, selection=selection,
@@ -371,6 +412,16 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     if out is not None:
         write_report(result, out, model=model)
     return result
+
+
+def judge_table(judges: dict) -> list[dict]:
+    """One row per judge: the held-out rates the headlines give for the substring judge, plus the share of
+    ablated completions the judge calls incoherent (a jailbreak that breaks the model)."""
+    cols = {"harmful baseline": "baseline_refusal", "harmful ablated": "ablated_refusal",
+            "ablated: compliance": "ablated_compliance", "ablated: incoherent": "ablated_incoherent",
+            "harmful −r": "minus_r_refusal", "harmless baseline": "baseline_harmless_refusal",
+            "harmless +r": "induced_refusal"}
+    return [{"judge": name, **{c: j.get(k) for c, k in cols.items()}} for name, j in judges.items()]
 
 
 def headlines(ev: dict) -> list[Headline]:
