@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
                    "it natively, as the paper's code runs, else float32)")
+    p.add_argument("--judges", nargs="+", default=["substring"],
+                   help="refusal judges of the held-out evaluation (default: substring, the paper's phrase list; add "
+                   "model, model:NAME or hf-classifier:ID_OR_FOLDER: see interp refusal-eval); the headline numbers "
+                   "are the substring judge's")
     p.add_argument("--save-model", action="store_true",
                    help="also save the weight-orthogonalized model (save_pretrained) under --out")
     p.set_defaults(func=run)
@@ -113,12 +117,14 @@ def check_args(args) -> None:
 def config(args):
     """The experiment's ``Config`` from parsed ``interp refusal`` arguments."""
     from ..experiments.refusal import Config
+    from ._args import split_list
 
     return Config(n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, seed=args.seed,
                   refusal_tokens=tuple(args.refusal_tokens), filter_train=not args.no_filter, mode=args.mode,
                   top_k=args.top_k, proxy_prompts=args.proxy_prompts, kl_max=args.kl_max, induce_min=args.induce_min,
                   max_layer_frac=args.max_layer_frac, max_new_tokens=args.max_new_tokens, save_model=args.save_model,
-                  seeds=getattr(args, "seeds", None))
+                  seeds=getattr(args, "seeds", None),
+                  judges=tuple(dict.fromkeys(["substring"] + split_list(getattr(args, "judges", None) or []))))
 
 
 def run(args) -> int:
@@ -128,6 +134,10 @@ def run(args) -> int:
 
     check_args(args)
     cfg = config(args)
+    from ..judges import get_judge
+
+    for spec in cfg.judges:  # a bad judge name fails now, not after the search
+        get_judge(spec)
     prompts = {k: read_prompt_file(getattr(args, k)) if getattr(args, k) else None
                for k in ("harmful", "harmless", "harmful_eval", "harmless_eval")}
     model = load_model(args.model, dtype=resolve_dtype(getattr(args, "dtype", "float32")))
