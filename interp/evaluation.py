@@ -127,16 +127,23 @@ def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], int
                 for s in range(0, len(ids), batch_size):
                     rows, n = ids[s:s + batch_size], len(shared)
                     batch = shared.batch(rows)
-                    logits = model.run(batch, cache=shared.expand(kv, len(rows)))
-                    mask = batch["attention_mask"][:, n:]
-                    nll, _ = token_nll(logits, batch["input_ids"], mask)
+                    h = model.final_hidden(batch, cache=shared.expand(kv, len(rows)))
                     width = batch["input_ids"].shape[1]
+                    picks, targets = [], []
                     for j, (row, head) in enumerate(zip(rows, heads[s:s + batch_size])):
-                        # column c holds token n + c of the row's suffix; a completion starting at token
-                        # len(head) is scored from the column of token len(head) − 1 on
+                        # column c holds token n + c of the row's suffix: completion tokens len(head).. are
+                        # predicted from the columns of tokens len(head) − 1 .. len(row) − 2
                         first = width - (len(row) - n) + (len(head) - 1 - n)
-                        scored = nll[j, first:]
-                        total, count = total + scored.sum().item(), count + scored.numel()
+                        picks += [(j, c) for c in range(first, width - 1)]
+                        targets += row[len(head):]
+                    if not picks:
+                        continue
+                    jj, cc = torch.tensor(picks).T
+                    # the LM head only where a completion token is scored; log-softmax in float32
+                    logits = model.unembed(h[jj, cc]).float()
+                    tgt = torch.tensor(targets, device=logits.device)
+                    nll = torch.logsumexp(logits, -1) - logits.gather(-1, tgt[:, None])[:, 0]
+                    total, count = total + nll.double().sum().item(), count + nll.numel()
             if count == 0:
                 raise InterpError("no completion tokens to score")
             return total / count

@@ -279,6 +279,15 @@ class Model:
                 return self._forward(batch, logits=True)
             return self.hf(**batch, use_cache=True, **{_cache_arg(self.hf): cache}).logits
 
+    def final_hidden(self, batch: dict[str, torch.Tensor], cache=None) -> torch.Tensor:
+        """The final-norm hidden states [batch, seq, d] of a padded batch, under attached hooks, without the LM
+        head: unembed only the positions you need (``unembed``), which on a 151k-token vocabulary is most of
+        a forward's memory. ``cache`` as in ``run``."""
+        base = self.hf.base_model
+        kv = {} if cache is None else {_cache_arg(base): cache}
+        with torch.no_grad():
+            return base(**batch, use_cache=cache is not None, **kv).last_hidden_state
+
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         """Logits from final hidden states (after the final norm), with the model's logit soft-capping.
 

@@ -133,16 +133,17 @@ def filter_pool(model, pool: Sequence[str], want: int, keep_if_refused: bool, re
     """
     kept, dropped, tested = [], [], 0
     chunk = max(batch_size * 4, 32)
-    for s in range(0, len(pool), chunk):
-        part = list(pool[s:s + chunk])
+    while tested < len(pool) and len(kept) < want:
+        part = list(pool[tested:tested + chunk])
         metric = baseline_metric(model, part, refusal_ids, batch_size, progress=False)
         tested += len(part)
         for p, m in zip(part, metric.tolist()):
             (kept if (m > 0) == keep_if_refused else dropped).append(p)
         if progress:
             print(f"  filter: {len(kept)} of {tested} kept")
-        if len(kept) >= want:
-            break
+        # the next chunk: what the keep rate so far says is still needed, with 10% to spare, in whole batches
+        rate = max(len(kept), 1) / tested
+        chunk = batch_size * max(1, math.ceil((want - len(kept)) / rate * 1.1 / batch_size))
     return kept, dropped, {"tested": tested, "kept": len(kept)}
 
 
