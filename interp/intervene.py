@@ -217,6 +217,7 @@ def intervene(model, interventions: Mapping[SiteLike, InterventionLike]) -> Iter
         state["ctx"] = _context(state, args, kwargs)
         state["ctx_on"] = {}
 
+    state["interventions"] = ivs  # what is attached (generate checks whether a shared prefix cache fits them)
     plan = _weight_plan(model, ivs)
     handles: dict[Site, list] = {}
     handle = model.hf.base_model.register_forward_pre_hook(read_context, with_kwargs=True)

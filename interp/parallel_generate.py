@@ -167,7 +167,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _job(out: Path, model_spec: str, conditions: ConditionSet, max_new_tokens: int, batch_size: int, chat: bool,
-         system: str | None, dtype: str | torch.dtype) -> tuple[dict, dict[str, torch.Tensor]]:
+         system: str | None, dtype: str | torch.dtype, share_prefix: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """The job description (JSON) and the direction files it names (not yet written)."""
     for name, value in (("max_new_tokens", max_new_tokens), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -196,7 +196,8 @@ def _job(out: Path, model_spec: str, conditions: ConditionSet, max_new_tokens: i
                                         "direction": f"direction-{sha[:16]}.safetensors", "direction_sha256": sha})
         tasks.append(entry)
     job = {"format": FORMAT, "model": str(model_spec), "dtype": dtype, "chat": bool(chat), "system": system,
-           "max_new_tokens": max_new_tokens, "batch_size": batch_size, "tasks": tasks}
+           "max_new_tokens": max_new_tokens, "batch_size": batch_size, "share_prefix": bool(share_prefix),
+           "tasks": tasks}
     job["key"] = _sha256(json.dumps(job, sort_keys=True).encode())
     return job, files
 
@@ -226,7 +227,8 @@ def read_job(out_dir) -> dict:
 
 
 def prepare(model_spec: str, conditions: ConditionSet, out_dir, *, max_new_tokens: int = 64, batch_size: int = 16,
-            chat: bool = True, system: str | None = None, dtype: str = "float32", overwrite: bool = False) -> dict:
+            chat: bool = True, system: str | None = None, dtype: str = "float32", overwrite: bool = False,
+            share_prefix: bool = False) -> dict:
     """Write the job folder (or find the same job there to resume); returns the job.
 
     A folder made for another job is refused (``overwrite=True`` empties it first), so completions of other
@@ -236,7 +238,7 @@ def prepare(model_spec: str, conditions: ConditionSet, out_dir, *, max_new_token
         job = prepare("smollm2-135m-instruct", {"base": (prompts, None)}, "gen/", max_new_tokens=32)
     """
     out = Path(out_dir)
-    job, files = _job(out, model_spec, conditions, max_new_tokens, batch_size, chat, system, dtype)
+    job, files = _job(out, model_spec, conditions, max_new_tokens, batch_size, chat, system, dtype, share_prefix)
     if out.exists() and not out.is_dir():
         raise InterpError(f"{out} is a file; give a folder for the generation job")
     if (out / JOB).exists():
@@ -370,7 +372,8 @@ def run_worker(out_dir, progress: bool = True) -> int:
             bar.update(1)
 
         generate_from_ids(model, ids, job["max_new_tokens"], batch_size=job["batch_size"],
-                          interventions=interventions, batches=[plan[b] for b in batches], on_batch=save)
+                          interventions=interventions, batches=[plan[b] for b in batches], on_batch=save,
+                          share_prefix=job.get("share_prefix", False))
     bar.close()
     return 0
 
@@ -378,7 +381,7 @@ def run_worker(out_dir, progress: bool = True) -> int:
 def generate_conditions_parallel(model_spec: str, conditions: ConditionSet, out_dir, workers: int = 2, *,
                                  max_new_tokens: int = 64, batch_size: int = 16, chat: bool = True,
                                  system: str | None = None, dtype: str = "float32", overwrite: bool = False,
-                                 progress: bool = True) -> dict[str, list[str]]:
+                                 progress: bool = True, share_prefix: bool = False) -> dict[str, list[str]]:
     """``generate_conditions`` split over ``workers`` torchrun processes on this machine, each loading
     ``model_spec`` (one GPU per worker when CUDA is there), all conditions in one launch. Rerunning it with
     the same arguments resumes an interrupted job (finished batches are kept, each prompt is generated once).
@@ -390,7 +393,7 @@ def generate_conditions_parallel(model_spec: str, conditions: ConditionSet, out_
     from . import distributed
 
     prepare(model_spec, conditions, out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, chat=chat,
-            system=system, dtype=dtype, overwrite=overwrite)
+            system=system, dtype=dtype, overwrite=overwrite, share_prefix=share_prefix)
     done = collect(out_dir, missing_ok=True)
     if done is not None:  # a finished job: nothing to launch
         return done
@@ -436,15 +439,15 @@ class ParallelGenerator:
         self.batch_size, self.chat, self.system, self.dtype = batch_size, chat, system, dtype
         self.progress = progress
 
-    def __call__(self, conditions: ConditionSet, max_new_tokens: int,
-                 batch_size: int | None = None) -> dict[str, list[str]]:
+    def __call__(self, conditions: ConditionSet, max_new_tokens: int, batch_size: int | None = None,
+                 share_prefix: bool = False) -> dict[str, list[str]]:
         batch_size = batch_size or self.batch_size
         job, _ = _job(self.out_dir, self.model_spec, conditions, max_new_tokens, batch_size, self.chat,
-                      self.system, self.dtype)
+                      self.system, self.dtype, share_prefix)
         return generate_conditions_parallel(self.model_spec, conditions, self.out_dir / f"job-{job['key'][:16]}",
                                             self.workers, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                             chat=self.chat, system=self.system, dtype=self.dtype,
-                                            progress=self.progress)
+                                            progress=self.progress, share_prefix=share_prefix)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

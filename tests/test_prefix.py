@@ -74,3 +74,30 @@ def test_dtype_names_and_auto():
     assert resolve_dtype(t.float16) is t.float16
     with pytest.raises(InterpError, match="not one of auto"):
         resolve_dtype("fp8")
+
+
+def test_generate_from_a_shared_prefix_cache(tiny_llama):
+    """Greedy completions through the prefix cache equal whole-prompt ones: unedited, under Add at every
+    position, under the weight-edited ablation; a per-prompt intervention (OnRows) runs whole prompts."""
+    from interp.generation import generate
+    from interp.interventions import OnRows, everywhere
+
+    m = tiny_llama
+    g = torch.Generator().manual_seed(3)
+    v, r = 4 * torch.randn(m.d_model, generator=g), torch.randn(m.d_model, generator=g)
+    for ivs in (None, {"resid_pre.1": Add(v)}, {"resid_post.0": Add(v, positions="generated")}, everywhere(m, r),
+                {"resid_pre.1": OnRows(Add(v), rows=[1, 3])}):
+        plain = generate(m, PROMPTS, max_new_tokens=6, batch_size=2, interventions=ivs)
+        shared = generate(m, PROMPTS, max_new_tokens=6, batch_size=2, interventions=ivs, share_prefix=True)
+        assert shared == plain, ivs
+    # the cache is really built: once per call where the interventions allow it, never for OnRows
+    calls = []
+    real = m.prefix_cache
+    m.prefix_cache = lambda ids: calls.append(len(ids)) or real(ids)
+    try:
+        generate(m, PROMPTS, max_new_tokens=2, batch_size=2, interventions=everywhere(m, r), share_prefix=True)
+        generate(m, PROMPTS, max_new_tokens=2, interventions={"resid_pre.1": OnRows(Add(v), rows=[1])},
+                 share_prefix=True)
+    finally:
+        del m.prefix_cache
+    assert len(calls) == 1 and calls[0] >= 3

@@ -206,28 +206,28 @@ def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str],
     ablation (``judge_summary``). ``generator`` replaces the in-process generation, e.g. by
     ``interp.parallel_generate.ParallelGenerator`` (the same completions from several worker processes).
 
-    Two generation passes: the four conditions that run on the model's own weights share one (each
-    prompt appears once per condition, the steering limited to its copy's rows with ``OnRows``), in
-    batches of ``generate_batch_size`` (a decoding step costs little more for 64 rows than for 16 on a
-    CPU); the ablation runs as a weight edit (``interp.intervene``). The CE passes run the chat
-    template's shared prefix once.
+    Four generation passes (both baselines together, −r, +r, the ablation as a weight edit:
+    ``interp.intervene``), in batches of ``generate_batch_size`` (a decoding step costs little more for
+    64 rows than for 16 on a CPU); each edits all its prompts alike, so the chat template's shared
+    prefix runs once per pass and its KV cache starts every batch (``generate(share_prefix=True)``).
+    The CE passes run the shared prefix once too and unembed only the scored tokens.
     """
     sw = Stopwatch()
     harmful, harmless = list(harmful), list(harmless)
     n_h, n_l = len(harmful), len(harmless)
-    order = ["harmful_baseline", "harmful_minus_r", "harmless_baseline", "harmless_plus_r"]
     from ..parallel_generate import Condition, generate_conditions
 
-    passes = {"own_weights": (harmful + harmful + harmless + harmless,
-                              [Condition("add", direction, layer, -1.0, rows=range(n_h, 2 * n_h)),
-                               Condition("add", direction, layer, +1.0, rows=range(2 * n_h + n_l, 2 * n_h + 2 * n_l))]),
+    # four passes, each editing all its prompts alike, so each runs the chat template's shared prefix once
+    passes = {"baseline": (harmful + harmless, None),
+              "harmful_minus_r": (harmful, Condition("add", direction, layer, -1.0)),
+              "harmless_plus_r": (harmless, Condition("add", direction, layer, +1.0)),
               "harmful_ablated": (harmful, Condition("ablate", direction))}
-    gen = generator or (lambda conds, n, bs: generate_conditions(model, conds, n, bs, progress=progress))
+    gen = generator or (lambda conds, n, bs, share_prefix: generate_conditions(
+        model, conds, n, bs, progress=progress, share_prefix=share_prefix))
     with sw("generate"):
-        texts = gen(passes, max_new_tokens, generate_batch_size)
-    starts = [0, n_h, 2 * n_h, 2 * n_h + n_l, 2 * n_h + 2 * n_l]
-    completions = {name: texts["own_weights"][a:b] for name, a, b in zip(order, starts, starts[1:])}
-    completions["harmful_ablated"] = texts["harmful_ablated"]
+        texts = gen(passes, max_new_tokens, generate_batch_size, share_prefix=True)
+    completions = {"harmful_baseline": texts["baseline"][:n_h], "harmless_baseline": texts["baseline"][n_h:],
+                   **{k: texts[k] for k in ("harmful_minus_r", "harmless_plus_r", "harmful_ablated")}}
     sources = {"harmful_baseline": harmful, "harmful_ablated": harmful, "harmful_minus_r": harmful,
                "harmless_baseline": harmless, "harmless_plus_r": harmless}
     rates = {name: refusal_score(completions[name], phrases) for name in sources}
