@@ -14,11 +14,11 @@ from ._args import add_model_argument, model_name
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="the main job: find and test the refusal direction of the packaged demo model",
                        description="Run the refusal-direction pipeline (Arditi et al.) on the packaged demo model "
-                       "(Qwen2.5-Coder-1.5B-Instruct, about 30 min on 2 CPU cores): filter prompts, search "
+                       "(Qwen2.5-Coder-1.5B-Instruct, about 12 min on 2 CPU cores with native bfloat16): filter prompts, search "
                        "candidates, evaluate on held-out prompts, and write direction.safetensors, report.json "
                        "and report.html.")
     add_model_argument(p, DEMO_MODEL, help="packaged model name, .gguf file, local folder or hub id "
-                       "(qwen2.5-coder-0.5b-instruct takes 11 min)")
+                       "(qwen2.5-coder-0.5b-instruct runs about three times faster)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights dtype (default auto: bfloat16 where the machine computes it natively, as the "
@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
 # Selection filters per packaged model, from the measurements in docs/refusal.md: on the
 # 0.5B model no candidate keeps the paper's induce > 0 on 28 + 28 validation prompts (the
 # best reach -0.21), and those that bypass refusal move the harmless next-token
-# distribution by up to 0.24 in KL. The 1.5B run was measured with the same filters; its
-# old choice, layer 22, is above the official layer cutoff now applied (docs/refusal.md).
+# distribution by up to 0.24 in KL. The 1.5B run uses the same filters: under the official
+# layer cutoff it chooses layer 21 and meets every target, in float32 and bfloat16 (docs/refusal.md).
 DEMO_FILTERS = {"qwen2.5-coder-0.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5},
                 "qwen2.5-coder-1.5b-instruct": {"kl_max": 0.2, "induce_min": -0.5}}
 
