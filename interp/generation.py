@@ -15,8 +15,7 @@ from tqdm.auto import tqdm
 
 from .errors import InterpError  # noqa: F401
 from .intervene import weight_edit as _weight_edit
-from .model import _cache_arg
-from .prefix import SharedPrefix
+from .prefix import SharedPrefix, cache_arg
 
 
 class _FiniteLogits:
@@ -123,7 +122,7 @@ def _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use
         batch = prefix.batch([ids[i] for i in rows])
         head = torch.tensor([prefix.prefix], dtype=torch.long, device=batch["input_ids"].device)
         batch["input_ids"] = torch.cat([head.expand(len(rows), -1), batch["input_ids"]], 1)
-        extra = {_cache_arg(model.hf): prefix.expand(kv, len(rows))}
+        extra = {cache_arg(model.hf): prefix.expand(kv, len(rows))}
     else:
         batch, extra = model.pad([ids[i] for i in rows]), {}
     if state is not None:  # tells the interventions where the prompt ends and which prompts these are

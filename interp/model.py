@@ -24,6 +24,7 @@ from torch import nn
 
 from .arch import HookFn, StopForward, count_hooks, find_layers, layout_for, register_site_hook
 from .errors import InterpError
+from .prefix import cache_arg as _cache_arg
 from .sites import Site, SiteLike, parse_site
 
 
@@ -413,10 +414,3 @@ class Model:
         from .generation import generate
 
         return generate(self, prompts, max_new_tokens=max_new_tokens, **kwargs)
-
-
-def _cache_arg(base) -> str:
-    """transformers 5 renamed the forward's ``past_key_values`` to ``cache``."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"

@@ -24,6 +24,13 @@ from typing import Sequence
 import torch
 
 
+def cache_arg(module) -> str:
+    """The forward's keyword for a KV cache: transformers 5 renamed ``past_key_values`` to ``cache``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def shared_prefix(ids: Sequence[Sequence[int]]) -> list[int]:
     """The longest token prefix of every list that still leaves each at least one token of its own.
 
