@@ -33,6 +33,7 @@ or from Python inside a script run by torchrun:
 """
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 import subprocess
@@ -104,7 +105,20 @@ def init(backend: str | None = None, timeout_s: float = 24 * 3600) -> tuple[int,
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    # a process group left to the interpreter's exit can abort the worker ("terminate called without an
+    # active exception": gloo's threads outlive it), failing a finished capture; tear it down first
+    atexit.register(_shutdown)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _shutdown() -> None:
+    import torch.distributed as dist
+
+    try:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    except Exception:  # exiting anyway: a failed teardown must not hide the run's own result
+        pass
 
 
 def _all_gather(obj) -> list:
