@@ -104,8 +104,7 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
         shared = SharedPrefix(model, [])  # a selected position lies inside the prefix: run whole prompts
     cut = len(shared)
     t0 = time.time()
-    with torch.no_grad():
-        kv = shared.cache()  # before the readers attach: the prefix holds no selected position
+    kv = shared.cache()  # before the readers attach: the prefix holds no selected position
     with model.hooks(readers, stop_after_layer=deepest), torch.no_grad():
         bar = tqdm(range(0, n, batch_size), desc="capture", unit="batch", disable=not progress or n <= batch_size)
         for start in bar:

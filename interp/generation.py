@@ -91,11 +91,11 @@ def generate_from_ids(model, ids: Sequence[Sequence[int]], max_new_tokens: int =
         gen_kwargs.update(top_p=None, top_k=None, temperature=None)
     # NaN logits decode to an arbitrary token (often a special one, so an empty string): stop instead
     gen_kwargs["logits_processor"] = list(gen_kwargs.get("logits_processor") or []) + [_FiniteLogits()]
-    prefix = SharedPrefix.of(model, [ids[i] for b in batches for i in b],
-                             enabled=share_prefix and use_cache and _same_for_every_prompt(state))
+    # the prefix of every prompt, not of the batches run here: a worker given some of them runs the same
+    # prefix as one process, so its completions match
+    prefix = SharedPrefix.of(model, ids, enabled=share_prefix and use_cache and _same_for_every_prompt(state))
     with _weight_edit(model, weight_edit):
-        with torch.no_grad():
-            kv = prefix.cache()  # under the interventions (and the weight edit standing in for them)
+        kv = prefix.cache()  # under the interventions (and the weight edit standing in for them)
         for rows in tqdm(batches, desc="generate", disable=not progress):
             _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use_cache, gen_kwargs,
                             prefix, kv)
@@ -116,9 +116,9 @@ def _same_for_every_prompt(state) -> bool:
 
 
 def _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use_cache, gen_kwargs,
-                    prefix: SharedPrefix | None = None, kv=None) -> None:
+                    prefix: SharedPrefix, kv) -> None:
     """One padded batch of ``generate_from_ids``: its texts go to ``out`` at the prompts' places."""
-    if prefix is not None and len(prefix):  # [prefix | left-padded suffixes], the prefix's keys and values cached
+    if len(prefix):  # [prefix | left-padded suffixes], the prefix's keys and values cached
         batch = prefix.batch([ids[i] for i in rows])
         head = torch.tensor([prefix.prefix], dtype=torch.long, device=batch["input_ids"].device)
         batch["input_ids"] = torch.cat([head.expand(len(rows), -1), batch["input_ids"]], 1)

@@ -85,6 +85,11 @@ class Model:
         return input_device(self.hf)
 
     @property
+    def dtype(self) -> torch.dtype:
+        """The weights' dtype (of the first parameter; ``load_model(dtype=...)`` loads them all alike)."""
+        return next(self.hf.parameters()).dtype
+
+    @property
     def fingerprint(self) -> str:
         """A hash of config and weights: tells apart models and edited copies."""
         if self._fingerprint is None:
@@ -400,7 +405,7 @@ class Model:
     def describe(self) -> dict:
         return {"model": self.name, "source": self.source, "backend": self.backend,
                 "architecture": self.architecture, "n_layers": self.n_layers, "d_model": self.d_model,
-                "dtype": str(next(self.hf.parameters()).dtype).replace("torch.", ""), "fingerprint": self.fingerprint}
+                "dtype": str(self.dtype).replace("torch.", ""), "fingerprint": self.fingerprint}
 
     # ---------------------------------------------------------- interventions
     def intervene(self, interventions):

@@ -130,12 +130,11 @@ def config(args):
 def run(args) -> int:
     from ..data.prompts import read_prompt_file
     from ..experiments import refusal
+    from ..judges import get_judge
     from ..loading import load_model, resolve_dtype
 
     check_args(args)
     cfg = config(args)
-    from ..judges import get_judge
-
     for spec in cfg.judges:  # a bad judge name fails now, not after the search
         get_judge(spec)
     prompts = {k: read_prompt_file(getattr(args, k)) if getattr(args, k) else None
@@ -204,9 +203,8 @@ def _generator(args, model):
         return
     from ..parallel_generate import ParallelGenerator
 
-    dtype = str(next(model.hf.parameters()).dtype).replace("torch.", "")
     if args.work_dir:
-        yield ParallelGenerator(args.model, args.work_dir, args.workers, dtype=dtype, progress=not args.json)
+        yield ParallelGenerator(args.model, args.work_dir, args.workers, dtype=model.dtype, progress=not args.json)
         return
     with tempfile.TemporaryDirectory(prefix="interp-refusal-eval-") as work:
-        yield ParallelGenerator(args.model, work, args.workers, dtype=dtype, progress=not args.json)
+        yield ParallelGenerator(args.model, work, args.workers, dtype=model.dtype, progress=not args.json)

@@ -242,9 +242,7 @@ def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str],
         "baseline_harmless_refusal": rates["harmless_baseline"], "ce_baseline": ce_base, "ce_ablated": ce_ablated,
         "ce_delta": ce_ablated - ce_base, "n_harmful": n_h, "n_harmless": n_l,
         "examples": {name: [{"prompt": p, "completion": c} for p, c in
-                            list(zip(sources[name], completions[name]))[:examples]]
-                     for name in ["harmful_baseline", "harmful_ablated", "harmful_minus_r", "harmless_baseline",
-                                  "harmless_plus_r"]},
+                            list(zip(sources[name], completions[name]))[:examples]] for name in sources},
     }
     if judges:
         from ..judges import get_judge, judge_conditions
