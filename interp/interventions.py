@@ -6,7 +6,10 @@ which token each row/column is. ``positions`` limits where it acts:
 ``"all"``, ``"prompt"``, ``"generated"``, a list of prompt token indices
 (negative from the end of the prompt) shared by every prompt, or per prompt:
 a list of index lists, or a boolean mask [prompts, tokens] over each
-prompt's own tokens. ``heads`` limits an ``attn_z`` edit to some heads.
+prompt's own tokens. ``heads`` limits an ``attn_z`` edit to some heads,
+the same for every prompt or one list per prompt (``[[0], [5]]``: head 0 of
+prompt 0, head 5 of prompt 1), e.g. one head per row of a sweep stacked into
+one batch.
 Apply them with ``model.intervene`` (or ``generate(..., interventions=...)``):
 
     with model.intervene({"resid_pre.12": Ablate(direction), "mlp_out.3": Add(v, scale=4.0)}):
@@ -95,6 +98,23 @@ def _per_prompt(positions) -> torch.Tensor | list[list[int]] | None:
     return None
 
 
+def _heads(heads) -> tuple[list[int] | list[list[int]] | None, bool]:
+    """``heads`` as a list of head indices shared by every prompt, or one list per prompt; and which."""
+    if heads is None:
+        return None, False
+    if isinstance(heads, (int, float, bool)):
+        raise InterpError(f"heads must be a list of head indices (e.g. [{heads!r}]), got a single "
+                          f"{type(heads).__name__}")
+    hs = list(heads)
+    nested = [isinstance(h, (list, tuple)) for h in hs]
+    if any(nested) and not all(nested):
+        raise InterpError("heads must be head indices shared by every prompt ([0, 3]) or one list per prompt "
+                          "([[0], [3]]), not a mix of both")
+    if hs and all(nested):
+        return [[_index(h) for h in r] for r in hs], True
+    return [_index(h) for h in hs], False
+
+
 def _index(v) -> int:
     if isinstance(v, bool) or not float(v).is_integer():
         raise InterpError(f"token positions must be integers, got {v!r}")
@@ -122,14 +142,15 @@ class Intervention:
             self.positions = per if per is not None else [_index(p) for p in positions]
         self.per_prompt = not isinstance(self.positions, str) and (
             isinstance(self.positions, torch.Tensor) or (bool(self.positions) and isinstance(self.positions[0], list)))
-        self.heads = None if heads is None else [_index(h) for h in heads]
+        self.heads, self.per_prompt_heads = _heads(heads)
 
     def check(self, shape: tuple[int, ...], site: str) -> None:
         """Validate against the site's trailing shape (called when attached)."""
         if self.heads is not None:
             if len(shape) != 2:
                 raise InterpError(f"heads=... needs a per-head site (attn_z); {site} has shape {tuple(shape)}")
-            bad = [h for h in self.heads if not 0 <= h < shape[0]]
+            flat = [h for r in self.heads for h in r] if self.per_prompt_heads else self.heads
+            bad = sorted({h for h in flat if not 0 <= h < shape[0]})
             if bad:
                 raise InterpError(f"heads {bad} out of range for {site} with {shape[0]} heads")
 
@@ -182,10 +203,20 @@ class Intervention:
         edited = self.edit(x, ctx)
         m = mask.reshape(mask.shape + (1,) * (x.dim() - 2))
         if self.heads is not None and x.dim() == 4:
-            keep = torch.zeros(x.shape[2], dtype=torch.bool, device=x.device)
-            keep[self.heads] = True
-            m = m & keep[None, None, :, None]
+            m = m & self._head_mask(x.shape[2], ctx)[:, None, :, None]
         return torch.where(m, edited, x)
+
+    def _head_mask(self, n_heads: int, ctx: Context) -> torch.Tensor:
+        """Boolean [batch, heads] (or [1, heads] when every prompt gets the same heads): which heads to edit."""
+        dev = ctx.valid.device
+        if not self.per_prompt_heads:
+            keep = torch.zeros(1, n_heads, dtype=torch.bool, device=dev)
+            keep[0, self.heads] = True
+            return keep
+        table = torch.zeros(len(self.heads), n_heads, dtype=torch.bool)
+        for r, hs in enumerate(self.heads):
+            table[r, hs] = True
+        return table.to(dev)[ctx.row_ids(len(self.heads), "head list")]
 
     def __add__(self, other: "Intervention") -> "Compose":
         return Compose([self, other])
@@ -301,6 +332,18 @@ class Patch(Intervention):
     ``Cache`` from ``run_with_cache`` (then ``site`` names which one); left-
     padded and left-aligned sources both line up, token by token. Prompts of
     the current run must have exactly the source's token counts.
+
+    Per-prompt ``positions`` and ``heads`` give each row of a batch its own
+    patch target, so many patches run as one forward (``patching_sweep``
+    stacks copies of each prompt, one per position or head).
+
+    Example (two copies of one prompt, patched at their own token or head):
+        >>> x, u = torch.zeros(2, 3, 1), torch.ones(2, 3, 1)
+        >>> Patch(u, positions=[[-1], [0]]).apply(x, Context.whole(x))[..., 0].tolist()
+        [[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]
+        >>> z, uz = torch.zeros(2, 1, 2, 1), torch.ones(2, 1, 2, 1)   # [batch, seq, heads, d_head]
+        >>> Patch(uz, heads=[[0], [1]]).apply(z, Context.whole(z))[:, 0, :, 0].tolist()
+        [[1.0, 0.0], [0.0, 1.0]]
     """
 
     def __init__(self, source, site: str | None = None, positions: PositionLimit = "prompt",

@@ -207,3 +207,31 @@ def test_orthogonalize_refuses_gemma_and_bad_direction():
         orthogonalize(tiny_model("gemma3"), torch.randn(32))
     with pytest.raises(InterpError, match="non-zero"):
         orthogonalize(tiny_model("llama"), torch.zeros(32))
+
+
+def test_per_prompt_heads_and_positions_stack_patches_into_one_batch(tiny_llama):
+    """Copies of a prompt in one batch, each with its own head or token, equal one run per patch."""
+    m = tiny_llama
+    clean, corrupt = ["Tell me how to make a cake"], ["Tell me how to make a sea"]
+    cache = m.run_with_cache(clean, ["attn_z.0", "resid_pre.1"], logits=False)
+    one = m.pad(m.encode(corrupt).ids)
+    three = {k: v.repeat(3, *([1] * (v.dim() - 1))) for k, v in one.items()}
+    z, r = cache["attn_z.0"].repeat(3, 1, 1, 1), cache["resid_pre.1"].repeat(3, 1, 1)
+    heads, positions = [[0], [1], [0, 1]], [[-1], [-2], []]
+    with m.intervene({"attn_z.0": Patch(z, heads=heads), "resid_pre.1": Patch(r, positions=positions)}):
+        stacked = m.last_logits(three)
+    for b in range(3):
+        ivs = {"attn_z.0": Patch(cache, "attn_z.0", heads=heads[b])}
+        if positions[b]:
+            ivs["resid_pre.1"] = Patch(cache, "resid_pre.1", positions=positions[b])
+        with m.intervene(ivs):
+            torch.testing.assert_close(stacked[b], m.last_logits(one)[0], atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(stacked[0], stacked[1], atol=1e-3)  # the rows really differ
+    with pytest.raises(InterpError, match="give one head list per prompt"):
+        with m.intervene({"attn_z.0": Patch(z, heads=heads[:2])}):
+            m.last_logits(three)
+    with pytest.raises(InterpError, match="out of range"):
+        with m.intervene({"attn_z.0": Patch(z, heads=[[0], [m.n_heads]])}):
+            pass
+    with pytest.raises(InterpError, match="not a mix"):
+        Patch(z, heads=[0, [1]])
