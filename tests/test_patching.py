@@ -277,3 +277,42 @@ def test_ioi_splits_keep_templates_and_names_apart():
     again, _ = ioi_splits(model, n=40, seed=3)
     assert again["test"].clean == tasks["test"].clean  # the split is a function of the seed
     assert ioi_splits(model, n=40, seed=4)[0]["test"].clean != tasks["test"].clean
+
+
+# the upper-blocks fast path (llama) and the full-forward fallback (gpt2); seeds whose clean−corrupted gap is
+# not tiny (0.13, 0.12), since effects are divided by it and float rounding would be magnified
+@pytest.mark.parametrize("arch,seed", [("llama", 2), ("gpt2", 3)])
+def test_stacked_sweep_equals_one_forward_per_patch(arch, seed):
+    """The batched sweep (patch × pair rows, blocks from the patched layer up) gives each patch's own effect."""
+    from interp.experiments.patching import sweep_pairs
+    from interp.interventions import Patch
+    from interp.testing import tiny_model
+
+    m = tiny_model(arch, seed=seed, n_layers=2)
+    clean = ["Tell me how to make a cake", "Write a poem about the sea today", "Say hi"]
+    corrupted = ["Tell me how to make a sea", "Write a poem about the sky today", "Say he"]
+    ids = lambda w: m.tokenizer.encode(w, add_special_tokens=False)[0]  # noqa: E731
+    task = PatchTask(clean, corrupted, torch.tensor([[ids("a"), ids("e")], [ids("o"), ids("t")], [ids("i"), ids("y")]]))
+    pairs = Pairs(m, task)
+    assert len(set(pairs.clean["attention_mask"].sum(1).tolist())) > 1  # padded rows are part of the check
+    layers, positions = [0, 1], [-1, -2, -4]
+    sites = ["resid_pre", "attn_out", "mlp_out", "attn_z"]
+    want = {}  # one corrupted forward per patch, the sweep as it was
+    for name in sites:
+        cache = pairs.cache([f"{name}.{layer}" for layer in layers])
+        for layer in layers:
+            site = f"{name}.{layer}"
+            if name == "attn_z":
+                want[site] = [pairs.effect({site: Patch(cache, site, positions="prompt", heads=[h])}).mean().item()
+                              for h in range(m.n_heads)]
+            else:
+                want[site] = [pairs.effect({site: Patch(cache, site, positions=[p])}).mean().item() for p in positions]
+            assert max(abs(w) for w in want[site]) > 1e-3  # patches that do something
+    for rows in (256, 4):  # everything of a layer in one forward; chunks that split a position's pairs
+        got = sweep_pairs(pairs, sites, layers=layers, positions=positions, progress=False, batch_rows=rows)
+        for name in sites:
+            for li, layer in enumerate(layers):
+                site = f"{name}.{layer}"
+                assert got["effects"][name][li] == pytest.approx(want[site], abs=1e-5), (rows, site)
+    with pytest.raises(InterpError, match="batch_rows"):
+        sweep_pairs(pairs, ["resid_pre"], layers=[0], positions=[-1], progress=False, batch_rows=0)

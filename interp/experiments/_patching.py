@@ -74,8 +74,8 @@ class Pairs:
             raise InterpError("clean and corrupted runs give the same metric; nothing to patch")
         self.gap = gap
 
-    def _metric(self, logits: torch.Tensor) -> torch.Tensor:
-        m = self.metric(logits, self.answers)
+    def _metric(self, logits: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
+        m = self.metric(logits, self.answers if answers is None else answers)
         if not torch.isfinite(m).all():
             raise InterpError("the metric returned NaN or infinite values")
         return m
@@ -124,38 +124,87 @@ def check_positions(positions: Sequence[int], min_len: int) -> list[int]:
 
 
 def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None = None,
-                positions: Sequence[int] | None = None, progress: bool = True) -> dict:
-    """``patching_sweep`` on prepared ``Pairs`` (their metrics are reused)."""
+                positions: Sequence[int] | None = None, progress: bool = True, batch_rows: int = 256) -> dict:
+    """``patching_sweep`` on prepared ``Pairs`` (their metrics are reused).
+
+    The patches are stacked into the batch: per site and layer, one row per
+    (position or head, pair), each row the pair's corrupted prompt with its
+    own patch target (one ``Patch`` with per-prompt positions or heads), at
+    most ``batch_rows`` rows per forward. Blocks below the patched layer
+    cannot change, so they are not rerun: the corrupted run's ``resid_pre``
+    there is the input (``model.last_logits(start_layer=...)``). Equals one
+    ``Pairs.effect`` per patch up to float rounding (tests/test_patching.py).
+
+    Example:
+        pairs = Pairs(model, ioi_task(model, n=8))
+        sweep_pairs(pairs, ["attn_out"], layers=[0, 1], positions=[-1, -2])["effects"]["attn_out"]  # [2][2]
+    """
+    if batch_rows < 1:
+        raise InterpError(f"batch_rows must be at least 1, got {batch_rows}")
     model = pairs.model
     layers = list(range(model.n_layers)) if layers is None else list(layers)
     positions = list(range(-pairs.min_len, 0)) if positions is None else check_positions(positions, pairs.min_len)
     out: dict = {"positions": positions, "layers": layers, "clean_metric": pairs.m_clean.mean().item(),
                  "corrupted_metric": pairs.m_corr.mean().item(), "effects": {}}
+    # the corrupted run's block inputs, where each layer's patched forwards start
+    above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0]
+    starts = pairs.cache(above, corrupted=True) if above else None
     for name in sites:
         site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
         clean = pairs.cache(site_list)
         grid = []
         for site in tqdm(site_list, desc=f"sweep {name}", disable=not progress):
+            resid = starts[Site("resid_pre", site.layer)] if site.layer > 0 else None  # layer 0: the embedding
             if name == "attn_z":  # one head at every position at once
-                row = [pairs.effect({site: Patch(clean, str(site), positions="prompt", heads=[h])}).mean().item()
-                       for h in range(model.n_heads)]
+                grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, batch_rows))
             else:
-                row = [pairs.effect({site: Patch(clean, str(site), positions=[p])}).mean().item() for p in positions]
-            grid.append(row)
+                grid.append(_stacked_effects(pairs, clean, site, positions, False, resid, batch_rows))
         out["effects"][name] = grid
     return out
 
 
+def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads: bool,
+                     resid: torch.Tensor | None, batch_rows: int) -> list[float]:
+    """Mean normalized effect over the pairs of patching ``site`` at each target (a position, or a head at
+    every prompt position), the (target, pair) patches stacked as rows of as few forwards as ``batch_rows``
+    allows."""
+    model, n = pairs.model, pairs.m_corr.shape[0]
+    source, source_mask = clean[site], clean.attention_mask.bool()
+    rows = [(t, i) for t in range(len(targets)) for i in range(n)]
+    total = torch.zeros(len(targets), dtype=torch.float64)
+    for c in range(0, len(rows), batch_rows):
+        part = rows[c:c + batch_rows]
+        which = torch.tensor([t for t, _ in part])
+        pair = torch.tensor([i for _, i in part])
+        at = [[targets[t]] for t, _ in part]
+        src, src_mask = source[pair.to(source.device)], source_mask[pair.to(source_mask.device)]
+        patch = (Patch(src, positions="prompt", heads=at, source_mask=src_mask) if heads else
+                 Patch(src, positions=at, source_mask=src_mask))
+        pair = pair.to(model.device)
+        batch = {k: v[pair] for k, v in pairs.corr.items()}
+        with model.intervene({site: patch}):
+            if resid is None:
+                logits = model.last_logits(batch)
+            else:
+                logits = model.last_logits(batch, start_layer=site.layer, resid=resid[pair.to(resid.device)])
+        m_corr = pairs.m_corr[pair.to(pairs.m_corr.device)]
+        effect = (pairs._metric(logits, pairs.answers[pair]) - m_corr) / pairs.gap
+        total.index_add_(0, which, effect.double().cpu())
+    return (total / n).tolist()
+
+
 def patching_sweep(model, task: PatchTask, sites: Sequence[str] = ("resid_pre", "attn_out", "mlp_out"),
                    layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
-                   metric: Metric = logit_diff, progress: bool = True) -> dict:
+                   metric: Metric = logit_diff, progress: bool = True, batch_rows: int = 256) -> dict:
     """Normalized effect of patching each (site, layer, position) from clean into corrupted.
 
     Positions count from the end (−1 = last token). ``attn_z`` is patched
     head by head at every position at once. Returns {site: [layers][positions
-    or heads]} plus the baseline metrics.
+    or heads]} plus the baseline metrics. The patches of one layer run
+    stacked, at most ``batch_rows`` rows (patch × pair) per forward (see
+    ``sweep_pairs``).
     """
-    return sweep_pairs(Pairs(model, task, metric), sites, layers, positions, progress)
+    return sweep_pairs(Pairs(model, task, metric), sites, layers, positions, progress, batch_rows)
 
 
 def _site(model, site: str) -> Site:
