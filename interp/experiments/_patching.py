@@ -28,6 +28,7 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable, Sequence
 
 import torch
@@ -132,7 +133,9 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
     own patch target (one ``Patch`` with per-prompt positions or heads), at
     most ``batch_rows`` rows per forward. Blocks below the patched layer
     cannot change, so they are not rerun: the corrupted run's ``resid_pre``
-    there is the input (``model.last_logits(start_layer=...)``). Equals one
+    there is the input (``model.last_logits(start_layer=...)``); nor can the
+    tokens before the first patched position, so for position sites their
+    keys and values come from the corrupted run's KV cache. Equals one
     ``Pairs.effect`` per patch up to float rounding (tests/test_patching.py).
 
     Example:
@@ -146,9 +149,14 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
     positions = list(range(-pairs.min_len, 0)) if positions is None else check_positions(positions, pairs.min_len)
     out: dict = {"positions": positions, "layers": layers, "clean_metric": pairs.m_clean.mean().item(),
                  "corrupted_metric": pairs.m_corr.mean().item(), "effects": {}}
-    # the corrupted run's block inputs, where each layer's patched forwards start
+    # what the patched forwards reuse from the corrupted run: each layer's block input (blocks below the
+    # patched layer cannot change) and the keys and values of the columns before the first patched token
+    # (left padding lines up the prompts' ends, so position p is column width + p in every row)
     above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0]
     starts = pairs.cache(above, corrupted=True) if above else None
+    cut = pairs.corr["input_ids"].shape[1] + min(positions)
+    prefix = _prefix_kv(pairs, cut) if cut > 0 and getattr(model, "backend", "hf") == "hf" and \
+        any(name != "attn_z" for name in sites) else None
     for name in sites:
         site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
         clean = pairs.cache(site_list)
@@ -156,18 +164,29 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
         for site in tqdm(site_list, desc=f"sweep {name}", disable=not progress):
             resid = starts[Site("resid_pre", site.layer)] if site.layer > 0 else None  # layer 0: the embedding
             if name == "attn_z":  # one head at every position at once
-                grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, batch_rows))
+                grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, None, 0,
+                                             batch_rows))
             else:
-                grid.append(_stacked_effects(pairs, clean, site, positions, False, resid, batch_rows))
+                grid.append(_stacked_effects(pairs, clean, site, positions, False, resid, prefix, cut, batch_rows))
         out["effects"][name] = grid
     return out
 
 
-def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads: bool,
-                     resid: torch.Tensor | None, batch_rows: int) -> list[float]:
+def _prefix_kv(pairs: Pairs, cut: int):
+    """The corrupted batch's KV cache of its first ``cut`` columns (every layer)."""
+    from transformers import DynamicCache
+
+    kv = DynamicCache()
+    pairs.model.last_logits({k: v[:, :cut] for k, v in pairs.corr.items()}, cache=kv)  # fills kv in place
+    return kv
+
+
+def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads: bool, resid: torch.Tensor | None,
+                     prefix, cut: int, batch_rows: int) -> list[float]:
     """Mean normalized effect over the pairs of patching ``site`` at each target (a position, or a head at
     every prompt position), the (target, pair) patches stacked as rows of as few forwards as ``batch_rows``
-    allows."""
+    allows. With ``resid`` (the corrupted ``resid_pre`` of the site's layer) only blocks from that layer up
+    run; with ``prefix`` (the corrupted KV cache of the first ``cut`` columns) only the columns after it."""
     model, n = pairs.model, pairs.m_corr.shape[0]
     source, source_mask = clean[site], clean.attention_mask.bool()
     rows = [(t, i) for t in range(len(targets)) for i in range(n)]
@@ -181,12 +200,16 @@ def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads:
         patch = (Patch(src, positions="prompt", heads=at, source_mask=src_mask) if heads else
                  Patch(src, positions=at, source_mask=src_mask))
         pair = pair.to(model.device)
-        batch = {k: v[pair] for k, v in pairs.corr.items()}
+        batch, kw = {k: v[pair] for k, v in pairs.corr.items()}, {}
+        if prefix is not None:  # the columns after the cached ones; the mask spans both
+            batch = {"input_ids": batch["input_ids"][:, cut:], "attention_mask": batch["attention_mask"],
+                     "position_ids": batch["position_ids"][:, cut:]}
+            kw["cache"] = copy.deepcopy(prefix)  # a forward extends its cache in place
+            kw["cache"].batch_select_indices(pair)
+        if resid is not None:
+            kw.update(start_layer=site.layer, resid=resid[pair.to(resid.device)][:, cut if prefix is not None else 0:])
         with model.intervene({site: patch}):
-            if resid is None:
-                logits = model.last_logits(batch)
-            else:
-                logits = model.last_logits(batch, start_layer=site.layer, resid=resid[pair.to(resid.device)])
+            logits = model.last_logits(batch, **kw)
         m_corr = pairs.m_corr[pair.to(pairs.m_corr.device)]
         effect = (pairs._metric(logits, pairs.answers[pair]) - m_corr) / pairs.gap
         total.index_add_(0, which, effect.double().cpu())
