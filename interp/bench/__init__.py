@@ -1,1 +1,1 @@
-"""Benchmarks: scripts that print measured numbers (``interp bench capture | generate | refusal``)."""
+"""Benchmarks: scripts that print measured numbers (``interp bench capture | generate | refusal | patching``)."""

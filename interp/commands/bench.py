@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..packaged import DEFAULT_MODEL, DEMO_MODEL
-from ._args import add_model_argument, model_name
+from ._args import add_model_argument, model_name, parse_layer_list, split_list
 
 
 def add_parser(sub) -> None:
@@ -68,6 +68,22 @@ def add_parser(sub) -> None:
                       help="weights dtype (default auto, as interp demo: bfloat16 where native, else float32)")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(func=run_demo)
+    pat = which.add_parser("patching", help="IOI patching sweep: one forward per patch vs stacked patches",
+                           description="Time the IOI patching sweep (validation pairs, as interp patch runs it) "
+                           "with one forward per patch and stacked (patch x pair rows per forward), alternating in "
+                           "one run, and print both medians, their ratio and the largest effect difference.")
+    add_model_argument(pat, DEFAULT_MODEL)
+    pat.add_argument("--layers", nargs="+", default=["0", "1", "2", "3", "4", "5"],
+                     help="layers to sweep (default 0 1 2 3 4 5)")
+    pat.add_argument("--sites", nargs="+", default=["resid_pre", "attn_out", "mlp_out", "attn_z"],
+                     help="sites to sweep (default resid_pre attn_out mlp_out attn_z)")
+    pat.add_argument("--positions", nargs="+", type=int, default=[-1, -2, -3, -4, -5],
+                     help="positions from the end (default -1 -2 -3 -4 -5)")
+    pat.add_argument("--pairs", type=int, default=32, help="IOI pairs over all splits, as interp patch (default 32)")
+    pat.add_argument("--batch-rows", type=int, default=256, help="stacked rows per forward (default 256)")
+    pat.add_argument("--reps", type=int, default=3, help="timed repetitions, median reported (default 3)")
+    pat.add_argument("--json", action="store_true", help="print one JSON object")
+    pat.set_defaults(func=run_patching)
     p.set_defaults(func=lambda args: p.print_help() or 0)
 
 
@@ -132,4 +148,17 @@ def run_generate(args) -> int:
         print(json.dumps(r))
         return 0
     print_table(r)
+    return 0
+
+
+def run_patching(args) -> int:
+    from ..bench.patching import bench_patching, print_table
+
+    r = bench_patching(model_name(args), layers=parse_layer_list(args.layers, None), sites=split_list(args.sites),
+                       positions=args.positions, pairs=args.pairs, reps=args.reps, batch_rows=args.batch_rows,
+                       progress=not args.json)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print_table(r)
     return 0
