@@ -101,7 +101,7 @@ def test_bench_generate_json():
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["plain_tok_s"] > 0
-    assert set(result["ratios"]) == {"interp_ablate", "interp_ablate_hooks", "interp_add", "transformer_lens",
+    assert set(result["ratios"]) == {"interp_ablate", "interp_ablate_first_call", "interp_ablate_hooks", "interp_add", "transformer_lens",
                                      "nnsight"}
     for key, ratio in result["ratios"].items():
         assert (ratio is not None and ratio > 0) or key in result["reasons"]

@@ -128,7 +128,7 @@ def test_bench_generate_on_a_tiny_model(tiny_llama):
 
     r = bench_generate(tiny_llama, batch=2, new_tokens=3, reps=1, peers=False)
     assert r["ablate_same_tokens_as_hooks"] is True
-    assert set(r["ratios"]) == {"interp_ablate", "interp_ablate_hooks", "interp_add"}
+    assert set(r["ratios"]) == {"interp_ablate", "interp_ablate_first_call", "interp_ablate_hooks", "interp_add"}
     assert all(v > 0 for v in r["ratios"].values())
 
 
@@ -146,3 +146,29 @@ def test_weight_edit_on_smollm2(smollm):
     assert fast == hooked
     assert fast != plain
     assert _same_weights(model, snap)
+
+
+def test_repeated_generate_reuses_the_weight_edit_until_direction_or_weights_change():
+    from interp.intervene import release_weight_edit
+    from interp.testing import tiny_model
+
+    model = tiny_model("llama")
+    r = _leaned_on(model)
+    first = generate(model, PROMPTS, max_new_tokens=6, chat=False, interventions=everywhere(model, r))
+    built = model._weight_edit_cache[1]
+    assert generate(model, PROMPTS, max_new_tokens=6, chat=False, interventions=everywhere(model, r)) == first
+    assert model._weight_edit_cache[1] is built  # the same direction: not rebuilt
+    other = generate(model, PROMPTS, max_new_tokens=6, chat=False, interventions=everywhere(model, r.flip(0)))
+    assert model._weight_edit_cache[1] is not built  # another direction: rebuilt
+    assert other == generate(model, PROMPTS, max_new_tokens=6, chat=False,
+                             interventions=everywhere(model, r.flip(0)), weight_edit=False)
+    # a weight changed in place (a training step, orthogonalize) invalidates the kept edit
+    built = model._weight_edit_cache[1]
+    with torch.no_grad():
+        model.hf.model.layers[0].mlp.down_proj.weight.mul_(1.5)
+    again = generate(model, PROMPTS, max_new_tokens=6, chat=False, interventions=everywhere(model, r.flip(0)))
+    assert model._weight_edit_cache[1] is not built
+    assert again == generate(model, PROMPTS, max_new_tokens=6, chat=False,
+                             interventions=everywhere(model, r.flip(0)), weight_edit=False)
+    release_weight_edit(model)
+    assert model._weight_edit_cache is None

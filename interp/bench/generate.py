@@ -8,8 +8,12 @@ of ``reps`` after a warm-up of each:
 - ``plain``: ``model.hf.generate``;
 - ``interp_ablate``: the same inside ``model.intervene(everywhere(model, r))``
   as ``interp.generate`` runs it (the ablation as a temporary weight edit, one
-  hook left; entering the block, building the edit and restoring the weights
-  are inside the timing);
+  hook left; entering the block, swapping the edited weights in and restoring
+  the originals are inside the timing). As in repeated ``generate`` calls with
+  one direction, the edit built by the first call is reused (``interp.intervene``
+  keeps the last one);
+- ``interp_ablate_first_call``: the same with that kept edit released before
+  each call, so building it (every output projection read and written) is timed;
 - ``interp_ablate_hooks``: the same with every hook (``weight_edit=False``,
   3 per layer), the path before the weight edit;
 - ``interp_add``: one ``Add`` at the middle layer's block input;
@@ -55,7 +59,7 @@ def bench_generate(model_name, batch: int = 8, new_tokens: int = 32, reps: int =
     ``model_name`` may also be a loaded ``Model``; ``peers=False`` skips TransformerLens and nnsight.
     """
     from ..interventions import Add, everywhere
-    from ..intervene import weight_edit
+    from ..intervene import release_weight_edit, weight_edit
     from ..loading import load_model
 
     model = load_model(model_name, progress=progress) if isinstance(model_name, str) else model_name
@@ -78,8 +82,15 @@ def bench_generate(model_name, batch: int = 8, new_tokens: int = 32, reps: int =
                 return plain()
         return run
 
+    def first_call(run):
+        def again():
+            release_weight_edit(model)
+            return run()
+        return again
+
     contenders = {"plain": plain,
                   "interp_ablate": under(everywhere(model, direction), True),
+                  "interp_ablate_first_call": first_call(under(everywhere(model, direction), True)),
                   "interp_ablate_hooks": under(everywhere(model, direction), False),
                   "interp_add": under({f"resid_pre.{add_layer}": Add(direction, scale=2.0)}, True)}
     reasons = {}
@@ -173,6 +184,7 @@ def print_table(r: dict) -> None:
           f"{r['reps']}, round-robin)")
     print(f"  {'plain HF generate':<44}{r['plain_tok_s']:.1f} tok/s (1.000x)")
     labels = {"interp_ablate": "interp, ablation at every layer (weight edit)",
+              "interp_ablate_first_call": "interp, the same, building the edit each call",
               "interp_ablate_hooks": "interp, the same with 3 hooks per layer",
               "interp_add": f"interp, Add at resid_pre.{r['add_layer']}",
               "transformer_lens": "TransformerLens bridge, ablation hooks",
