@@ -128,15 +128,74 @@ def _generate_batch(model, ids, rows, out, state, max_new_tokens, do_sample, use
     if state is not None:  # tells the interventions where the prompt ends and which prompts these are
         state["prompt_width"] = batch["input_ids"].shape[1]
         state["rows"] = torch.tensor(rows)
+    width = batch["input_ids"].shape[1]
     try:
         with torch.no_grad():
-            gen = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                                    max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
-                                    pad_token_id=model.tokenizer.pad_token_id, **extra, **gen_kwargs)
+            if use_cache and not do_sample and not set(gen_kwargs) & _NOT_RESUMABLE:
+                new = _generate_dropping_finished(model, batch, rows, state, max_new_tokens, extra, gen_kwargs)
+            else:
+                new = model.hf.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                        max_new_tokens=max_new_tokens, do_sample=do_sample, use_cache=use_cache,
+                                        pad_token_id=model.tokenizer.pad_token_id, **extra, **gen_kwargs)[:, width:]
     finally:
         if state is not None:
             state.pop("prompt_width", None)
             state.pop("rows", None)
-    texts = model.tokenizer.batch_decode(gen[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
     for i, t in zip(rows, texts):
         out[i] = t
+
+
+# generate options whose effect depends on how many tokens one call has generated: with them, one call
+_NOT_RESUMABLE = {"min_new_tokens", "min_length", "max_length", "streamer", "stopping_criteria", "num_beams",
+                  "num_return_sequences", "assistant_model", "prompt_lookup_num_tokens", "past_key_values", "cache"}
+
+
+def _eos_ids(model) -> torch.Tensor:
+    eos = model.hf.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return torch.tensor(eos, dtype=torch.long)
+
+
+def _generate_dropping_finished(model, batch: dict, rows: list, state, max_new_tokens: int, extra: dict,
+                                gen_kwargs: dict) -> torch.Tensor:
+    """Greedy ``hf.generate`` in stretches of 16, 16, 32, 64, ... tokens; between stretches the rows that
+    generated an end-of-sequence token leave the batch (and their KV cache rows with them), so a refusal
+    that ends after a dozen tokens stops costing compute while the long answers beside it go on.
+
+    Each stretch continues from the cache of the one before (its last token is fed next), and the logits
+    processors (e.g. a repetition penalty) see every token so far, as in one call; rows are computed as
+    before, only in a smaller batch. Returns the new tokens [rows, ≤ max_new_tokens], ``pad`` after EOS.
+    """
+    hf, pad = model.hf, model.tokenizer.pad_token_id
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    width, eos = ids.shape[1], _eos_ids(model).to(ids.device)
+    result = torch.full((ids.shape[0], max_new_tokens), pad, dtype=torch.long, device=ids.device)
+    alive = torch.arange(ids.shape[0], device=ids.device)
+    cache, done, stretch = extra.get(cache_arg(hf)), 0, 16
+    while done < max_new_tokens and len(alive):
+        n = min(stretch, max_new_tokens - done)
+        kwargs = dict(gen_kwargs, return_dict_in_generate=True)
+        if cache is not None:
+            kwargs[cache_arg(hf)] = cache
+        gen = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, use_cache=True,
+                          pad_token_id=pad, **kwargs)
+        new = gen.sequences[:, ids.shape[1]:]
+        result[alive, done:done + new.shape[1]] = new
+        done += n
+        finished = torch.isin(new, eos).any(1) if len(eos) else torch.zeros(len(alive), dtype=torch.bool)
+        if new.shape[1] < n:  # every row ended (generate stops early only then)
+            break
+        if done >= max_new_tokens:
+            break
+        keep = (~finished).nonzero().flatten()
+        ids, cache = gen.sequences, gen.past_key_values
+        mask = torch.cat([mask, torch.ones_like(new)], 1)
+        if len(keep) < len(alive):
+            ids, mask = ids[keep], mask[keep]
+            cache.batch_select_indices(keep)
+            if state is not None and "rows" in state:
+                state["rows"] = state["rows"][keep.cpu()]
+            alive = alive[keep]
+        stretch *= 2 if done >= 32 else 1
+    return result
