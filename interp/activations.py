@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from .errors import InterpError
 from .sites import SITE_NAMES, SiteLike, parse_site
 
-_MASK, _POS = "__mask__", "__positions__"
+_MASK, _POS, _SCORES = "__mask__", "__positions__", "__scores__"
 
 
 def prompt_hash(text: str) -> str:
@@ -36,13 +36,15 @@ class Activations:
     positions than the widest one (those rows are zeros, never padding
     activations); ``positions`` holds the token index of each slot (-1 where
     masked). ``metadata`` records model, fingerprint, sites, positions and
-    prompt hashes.
+    prompt hashes. ``scores`` [examples, ...] holds what ``capture(score=fn)``
+    computed from each prompt's last-position logits in the same forward.
     """
 
     tensors: dict[str, torch.Tensor]
     mask: torch.Tensor
     positions: torch.Tensor
     metadata: dict = field(default_factory=dict)
+    scores: torch.Tensor | None = None
 
     def __getitem__(self, site: SiteLike) -> torch.Tensor:
         key = str(parse_site(site))
@@ -80,9 +82,27 @@ class Activations:
         """The valid (unmasked) rows of one site flattened to [n_tokens, d]."""
         return self[site][self.mask]
 
+    def select(self, rows) -> "Activations":
+        """The captures of some prompts (indices into this one), in that order.
+
+        Example:
+            kept = acts.select([i for i, s in enumerate(acts.scores.tolist()) if s > 0])
+        """
+        idx = torch.as_tensor(list(rows), dtype=torch.long)
+        if len(idx) and not (0 <= int(idx.min()) and int(idx.max()) < len(self)):
+            raise InterpError(f"rows must be in 0..{len(self) - 1}, got {idx.tolist()[:10]}")
+        meta = dict(self.metadata)
+        if "prompt_hashes" in meta:
+            meta["prompt_hashes"] = [meta["prompt_hashes"][i] for i in idx.tolist()]
+        meta["n_examples"] = len(idx)
+        return Activations({k: v[idx] for k, v in self.tensors.items()}, self.mask[idx], self.positions[idx], meta,
+                           None if self.scores is None else self.scores[idx])
+
     def save(self, path: str | Path) -> None:
         """Write one safetensors file (tensors plus JSON metadata)."""
         tensors = {**{k: v.contiguous() for k, v in self.tensors.items()}, _MASK: self.mask, _POS: self.positions}
+        if self.scores is not None:
+            tensors[_SCORES] = self.scores.contiguous()
         save_file(tensors, str(path), metadata={"interp": json.dumps(self.metadata)})
 
     @classmethod
@@ -92,7 +112,7 @@ class Activations:
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads((f.metadata() or {}).get("interp", "{}"))
         tensors = load_file(str(path))
-        return cls(tensors, tensors.pop(_MASK), tensors.pop(_POS), meta)
+        return cls(tensors, tensors.pop(_MASK), tensors.pop(_POS), meta, tensors.pop(_SCORES, None))
 
     @classmethod
     def concat(cls, parts: list["Activations"]) -> "Activations":
@@ -122,5 +142,7 @@ class Activations:
             tensors[s] = torch.cat([pad(pad_keys(p.tensors[s], keys), 0) for p in parts])
         meta = dict(parts[0].metadata)
         meta["prompt_hashes"] = [h for p in parts for h in p.metadata.get("prompt_hashes", [])]
+        meta["n_examples"] = sum(len(p) for p in parts)
+        scores = torch.cat([p.scores for p in parts]) if all(p.scores is not None for p in parts) else None
         return cls(tensors, torch.cat([pad(p.mask, False) for p in parts]),
-                   torch.cat([pad(p.positions, -1) for p in parts]), meta)
+                   torch.cat([pad(p.positions, -1) for p in parts]), meta, scores)

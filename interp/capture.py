@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -72,7 +72,8 @@ def check_finite(tensors: dict[str, torch.Tensor], mask: torch.Tensor, offset: i
 
 def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: bool = True,
             system: str | None = None, batch_size: int = 8, dtype: torch.dtype = torch.float32,
-            progress: bool = True, encoded=None, share_prefix: bool = False) -> Activations:
+            progress: bool = True, encoded=None, share_prefix: bool = False,
+            score: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Activations:
     """Capture activations; see ``Model.capture`` for the arguments.
 
     An ``attn_pattern`` site comes back as [examples, positions, heads, max_len]: each selected query
@@ -80,7 +81,9 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     With ``share_prefix`` the token prefix all prompts share (a chat template's system prompt) runs
     once and its KV cache serves every batch (``interp.prefix``), when every selected position lies
     after it (otherwise, or for ``attn_pattern`` sites, whole prompts run as usual); the values equal
-    a full forward's up to float rounding.
+    a full forward's up to float rounding. ``score`` (a function of a batch's last-position logits,
+    [batch, vocab] -> [batch, ...]) runs the forward to the end and returns its values per prompt in
+    ``acts.scores``: e.g. a metric that filters prompts, read in the pass that captures them.
     """
     if batch_size < 1:
         raise InterpError(f"batch_size must be >= 1, got {batch_size}")
@@ -97,7 +100,8 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
     state: dict = {}
     readers = {s: _reader(str(s), out, state, dtype, s.name == "attn_pattern") for s in site_list}
     order = sorted(range(n), key=lambda i: enc.lengths[i])
-    deepest = max(site_depth(s, model.n_layers) for s in site_list)
+    deepest = model.n_layers - 1 if score is not None else max(site_depth(s, model.n_layers) for s in site_list)
+    scores: list = [None] * n
     shared = SharedPrefix.of(model, enc.ids, enabled=share_prefix and not any(s.name == "attn_pattern"
                                                                                 for s in site_list))
     if len(shared) and not bool((idx[mask] >= len(shared)).all()):
@@ -116,7 +120,12 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
             state["pad"] = offsets[:, 0].tolist()
             state["idx"] = idx[rows] - cut + offsets  # padded coordinates of the batch (after any prefix)
             try:
-                if kv is None:
+                if score is not None:
+                    values = score(model.last_logits(batch, cache=shared.expand(kv, len(rows)) if kv is not None
+                                                     else None))
+                    for i, v in zip(rows, values.detach().cpu()):
+                        scores[i] = v
+                elif kv is None:
                     model._forward(batch)
                 else:
                     model.last_logits(batch, cache=shared.expand(kv, len(rows)))
@@ -133,7 +142,7 @@ def capture(model, prompts: Sequence[str], sites, positions="last", *, chat: boo
         "prompt_hashes": [prompt_hash(t) for t in enc.texts],
         "interp_version": __version__, "seconds": round(time.time() - t0, 3),
     }
-    return Activations(out, mask, positions_t, meta)
+    return Activations(out, mask, positions_t, meta, torch.stack(scores) if score is not None and n else None)
 
 
 

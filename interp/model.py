@@ -369,12 +369,14 @@ class Model:
     # ----------------------------------------------------------------- capture
     def capture(self, prompts: Sequence[str], sites: SiteLike | Sequence[SiteLike] = "resid_post",
                 positions="last", *, chat: bool = True, system: str | None = None, batch_size: int = 8,
-                dtype: torch.dtype = torch.float32, progress: bool = True, share_prefix: bool = False):
+                dtype: torch.dtype = torch.float32, progress: bool = True, share_prefix: bool = False,
+                score=None):
         """Run prompts through the model and keep activations at sites and positions.
 
         Returns ``Activations`` with tensors [examples, positions, d] per site
         (in prompt order). Padding is never captured. ``share_prefix`` runs the
-        prompts' shared token prefix once (see ``interp.capture.capture``).
+        prompts' shared token prefix once; ``score(last_logits)`` values per
+        prompt come back in ``acts.scores`` (see ``interp.capture.capture``).
 
         Example:
             acts = model.capture(["Hello"], ["resid_pre.0", "blocks.1.attn.hook_z"])
@@ -382,7 +384,7 @@ class Model:
         from .capture import capture
 
         return capture(self, prompts, sites, positions, chat=chat, system=system, batch_size=batch_size,
-                       dtype=dtype, progress=progress, share_prefix=share_prefix)
+                       dtype=dtype, progress=progress, share_prefix=share_prefix, score=score)
 
     def run_with_cache(self, inputs, sites: SiteLike | Sequence[SiteLike] = "resid_post", **kwargs):
         """Logits and every position of each site for one padded batch (see ``interp.capture.run_with_cache``).

@@ -63,6 +63,29 @@ def test_refusal_filter_metric_through_the_prefix(tiny_llama):
     torch.testing.assert_close(metric, ref.double(), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("share", [False, True])
+def test_capture_scores_the_last_logits_in_the_same_forward(tiny_llama, share):
+    from interp.activations import Activations
+    from interp.evaluation import refusal_metric
+
+    m = tiny_llama
+    ids = [m.tokenizer.encode("!", add_special_tokens=False)[0]]
+    plain = m.capture(PROMPTS, "resid_pre", "post_instruction", progress=False, batch_size=2, share_prefix=share)
+    scored = m.capture(PROMPTS, "resid_pre", "post_instruction", progress=False, batch_size=2, share_prefix=share,
+                       score=lambda logits: refusal_metric(logits, ids))
+    assert plain.scores is None
+    for key in plain.tensors:
+        torch.testing.assert_close(scored.tensors[key], plain.tensors[key], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(scored.scores.double(), baseline_metric(m, PROMPTS, ids, batch_size=2, progress=False),
+                               atol=1e-4, rtol=1e-4)
+    # the kept prompts of a filter, in their order, and joined chunks keep their scores
+    part = scored.select([3, 0])
+    assert torch.equal(part.tensors["resid_pre.1"], scored.tensors["resid_pre.1"][[3, 0]])
+    assert part.metadata["prompt_hashes"] == [scored.metadata["prompt_hashes"][i] for i in (3, 0)]
+    joined = Activations.concat([part, scored.select([1])])
+    assert torch.equal(joined.scores, scored.scores[[3, 0, 1]]) and len(joined) == 3
+
+
 def test_dtype_names_and_auto():
     import torch as t
 

@@ -261,3 +261,21 @@ def test_diff_of_means_passes_sklearn_checks(estimator, check):
     # every check applies: with more than two labels it is the positive label against the rest, so the
     # generic checks' three-class blobs fit too (check_array_api_input skips itself without SCIPY_ARRAY_API)
     check(estimator)
+
+
+def test_filter_captures_the_kept_prompts_in_its_forward(tiny_llama):
+    from interp.activations import Activations
+    from interp.experiments.refusal import filter_pool, refusal_token_ids
+
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("!",))
+    pool = [f"prompt number {i} " + "word " * (i % 4) for i in range(12)]
+    parts: list = []
+    kept, dropped, counts = filter_pool(m, pool, 5, False, ids, 4, False, captured=parts)
+    plain, _, _ = filter_pool(m, pool, 5, False, ids, 4, False)
+    assert kept == plain and counts["kept"] == len(kept) >= 5
+    acts = Activations.concat(parts)
+    again = m.capture(kept, "resid_pre", "post_instruction", batch_size=4, progress=False, share_prefix=True)
+    assert len(acts) == len(kept) and torch.equal(acts.mask, again.mask)
+    for key in again.tensors:
+        torch.testing.assert_close(acts.tensors[key], again.tensors[key], atol=1e-5, rtol=1e-5)

@@ -34,6 +34,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..activations import Activations
 from ..analyzers.refusal import candidate_directions
 from ..errors import InterpError
 from ..evaluation import REFUSAL_PHRASES, completion_ce, refusal_metric, refusal_score
@@ -126,16 +127,24 @@ def baseline_metric(model, prompts: Sequence[str], refusal_ids: Sequence[int], b
 
 
 def filter_pool(model, pool: Sequence[str], want: int, keep_if_refused: bool, refusal_ids, batch_size: int,
-                progress: bool) -> tuple[list[str], list[str], dict]:
+                progress: bool, captured: list | None = None) -> tuple[list[str], list[str], dict]:
     """Walk the pool in chunks, keeping prompts the model treats as expected, until ``want`` survive.
 
-    Returns (kept, tested-but-dropped, counts).
+    Returns (kept, tested-but-dropped, counts). With a ``captured`` list, the same forward also captures
+    ``resid_pre`` of every layer at the post-instruction positions, and the kept prompts' ``Activations``
+    are appended to it (one per chunk, kept order): the candidates' capture then costs no second pass.
     """
     kept, dropped, tested = [], [], 0
     chunk = max(batch_size * 4, 32)
     while tested < len(pool) and len(kept) < want:
         part = list(pool[tested:tested + chunk])
-        metric = baseline_metric(model, part, refusal_ids, batch_size, progress=False)
+        if captured is None:
+            metric = baseline_metric(model, part, refusal_ids, batch_size, progress=False)
+        else:
+            acts = model.capture(part, "resid_pre", "post_instruction", batch_size=batch_size, progress=False,
+                                 share_prefix=True, score=lambda logits: refusal_metric(logits, refusal_ids))
+            metric = acts.scores
+            captured.append(acts.select([i for i, m in enumerate(metric.tolist()) if (m > 0) == keep_if_refused]))
         tested += len(part)
         for p, m in zip(part, metric.tolist()):
             (kept if (m > 0) == keep_if_refused else dropped).append(p)
@@ -149,8 +158,12 @@ def filter_pool(model, pool: Sequence[str], want: int, keep_if_refused: bool, re
 
 def split_prompts(model, harmful: Sequence[str], harmless: Sequence[str], cfg: Config, refusal_ids,
                   progress: bool = True, harmful_eval: Sequence[str] | None = None,
-                  harmless_eval: Sequence[str] | None = None) -> tuple[dict, dict]:
-    """Train/val prompts (filtered by the model's own baseline) and held-out eval prompts."""
+                  harmless_eval: Sequence[str] | None = None, captured: dict | None = None) -> tuple[dict, dict]:
+    """Train/val prompts (filtered by the model's own baseline) and held-out eval prompts.
+
+    With a ``captured`` dict and ``cfg.filter_train``, the filter's forward also captures the train prompts'
+    post-instruction ``resid_pre`` at every layer: ``captured["harmful_train"]`` and ``["harmless_train"]``.
+    """
     rng = random.Random(cfg.seed)
     harmful, harmless = list(dict.fromkeys(harmful)), list(dict.fromkeys(harmless))
     rng.shuffle(harmful)
@@ -160,9 +173,12 @@ def split_prompts(model, harmful: Sequence[str], harmless: Sequence[str], cfg: C
     if harmless_eval is None:
         harmless_eval, harmless = harmless[: cfg.n_eval], harmless[cfg.n_eval:]
     want = cfg.n_train + cfg.n_val
+    parts: dict = {"harmful": [], "harmless": []} if captured is not None else {"harmful": None, "harmless": None}
     if cfg.filter_train:
-        kept_h, _, count_h = filter_pool(model, harmful, want, True, refusal_ids, cfg.batch_size, progress)
-        kept_l, _, count_l = filter_pool(model, harmless, want, False, refusal_ids, cfg.batch_size, progress)
+        kept_h, _, count_h = filter_pool(model, harmful, want, True, refusal_ids, cfg.batch_size, progress,
+                                         parts["harmful"])
+        kept_l, _, count_l = filter_pool(model, harmless, want, False, refusal_ids, cfg.batch_size, progress,
+                                         parts["harmless"])
     else:
         kept_h, kept_l = harmful[:want], harmless[:want]
         count_h = {"tested": 0, "kept": len(kept_h)}
@@ -177,6 +193,9 @@ def split_prompts(model, harmful: Sequence[str], harmless: Sequence[str], cfg: C
     splits = {"harmful_train": kept_h[: cfg.n_train], "harmful_val": kept_h[cfg.n_train:want],
               "harmless_train": kept_l[: cfg.n_train], "harmless_val": kept_l[cfg.n_train:want],
               "harmful_eval": list(harmful_eval), "harmless_eval": list(harmless_eval)}
+    if captured is not None and cfg.filter_train:
+        for name in ("harmful", "harmless"):
+            captured[f"{name}_train"] = Activations.concat(parts[name]).select(range(cfg.n_train))
     _dedupe_across(splits)
     return splits, {"harmful": count_h, "harmless": count_l}
 
@@ -311,16 +330,17 @@ def run(model, config: Config | None = None, out: str | Path | None = None, *,
     for name, prompts in (("harmful", harmful), ("harmless", harmless)):
         if not prompts:
             raise InterpError(f"the {name} prompt list is empty")
+    captured: dict = {}  # the filter's forward captures the train prompts too
     with sw("split_filter"):
         splits, filter_counts = split_prompts(model, harmful, harmless, cfg, refusal_ids, progress,
-                                              harmful_eval, harmless_eval)
+                                              harmful_eval, harmless_eval, captured=captured)
 
     # capture + fit: difference of means at every layer × post-instruction position
     with sw("candidates"):
-        acts_h = model.capture(splits["harmful_train"], "resid_pre", "post_instruction",
-                               batch_size=cfg.batch_size, progress=progress, share_prefix=True)
-        acts_l = model.capture(splits["harmless_train"], "resid_pre", "post_instruction",
-                               batch_size=cfg.batch_size, progress=progress, share_prefix=True)
+        acts_h, acts_l = (captured[f"{name}_train"] if f"{name}_train" in captured else
+                          model.capture(splits[f"{name}_train"], "resid_pre", "post_instruction",
+                                        batch_size=cfg.batch_size, progress=progress, share_prefix=True)
+                          for name in ("harmful", "harmless"))
         if acts_h.mask.shape[1] != acts_l.mask.shape[1] or not (acts_h.mask.all() and acts_l.mask.all()):
             raise InterpError("prompts have different numbers of post-instruction tokens; the chat template "
                               "does not give a fixed suffix for this model")
