@@ -167,8 +167,10 @@ class ModelJudge(Judge):
 
     ``model`` is a loaded ``Model`` or anything ``load_model`` takes (loaded on first use). Labels are
     cached in ``cache_dir`` (default ``judge_cache_dir()``; ``False`` turns the cache off), one small JSON
-    file per pair keyed by the hash of (model fingerprint, rubric, prompt, completion), written atomically.
-    Completions longer than ``max_completion_tokens`` are cut to their first tokens.
+    file per pair keyed by the hash of (model fingerprint and dtype, rubric, prompt, completion), written
+    atomically.
+    Completions longer than ``max_completion_tokens`` are cut to their first tokens. A model given by name
+    is loaded in ``dtype`` ("auto": bfloat16 where the machine computes it natively, else float32).
 
     Example:
         judge = ModelJudge("qwen2.5-coder-0.5b-instruct")
@@ -176,7 +178,8 @@ class ModelJudge(Judge):
     """
 
     def __init__(self, model=DEFAULT_JUDGE_MODEL, batch_size: int = 8, cache_dir: str | Path | None | bool = None,
-                 max_completion_tokens: int = 384, progress: bool = False, rubric: str = RUBRIC):
+                 max_completion_tokens: int = 384, progress: bool = False, rubric: str = RUBRIC,
+                 dtype: str = "auto"):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InterpError(f"batch_size must be a positive int, got {batch_size!r}")
         if isinstance(max_completion_tokens, bool) or not isinstance(max_completion_tokens, int) \
@@ -186,7 +189,7 @@ class ModelJudge(Judge):
         self.model_name = str(model) if isinstance(model, (str, Path)) else model.name
         self.name = "model" if self.model_name == DEFAULT_JUDGE_MODEL else f"model:{self.model_name}"
         self.batch_size, self.max_completion_tokens = batch_size, max_completion_tokens
-        self.progress, self.rubric = progress, rubric
+        self.progress, self.rubric, self.dtype = progress, rubric, dtype
         self.cache_dir = None if cache_dir is False else Path(cache_dir) if cache_dir not in (None, True) \
             else judge_cache_dir()
 
@@ -195,15 +198,19 @@ class ModelJudge(Judge):
         if self._model is None:
             from .loading import load_model
 
-            self._model = load_model(self.model_name, progress=self.progress)
+            from .loading import resolve_dtype
+
+            # a model named here is loaded in bfloat16 where the machine computes it natively ("auto"):
+            # the judge reads an argmax over three label words, which float rounding rarely moves
+            self._model = load_model(self.model_name, progress=self.progress, dtype=resolve_dtype(self.dtype))
         if not self._model.has_chat_template:
             raise InterpError(f"judge model {self.model_name} has no chat template; the model judge needs a chat "
                               f"model (e.g. {DEFAULT_JUDGE_MODEL})")
         return self._model
 
     def _key(self, prompt: str, completion: str) -> str:
-        blob = json.dumps([self.model.fingerprint, self.rubric, _PAIR, self.max_completion_tokens, prompt,
-                           completion])
+        blob = json.dumps([self.model.fingerprint, str(self.model.dtype), self.rubric, _PAIR,
+                           self.max_completion_tokens, prompt, completion])
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
     def _read_cache(self, key: str) -> list[float] | None:
