@@ -149,20 +149,21 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
     positions = list(range(-pairs.min_len, 0)) if positions is None else check_positions(positions, pairs.min_len)
     out: dict = {"positions": positions, "layers": layers, "clean_metric": pairs.m_clean.mean().item(),
                  "corrupted_metric": pairs.m_corr.mean().item(), "effects": {}}
-    # what the patched forwards reuse from the corrupted run: each layer's block input (blocks below the
-    # patched layer cannot change) and the keys and values of the columns before the first patched token
-    # (left padding lines up the prompts' ends, so position p is column width + p in every row)
-    above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0]
+    # what the patched forwards reuse from the corrupted run (HF backend; other backends run whole forwards,
+    # still stacked): each layer's block input (blocks below the patched layer cannot change) and the keys
+    # and values of the columns before the first patched token (left padding lines up the prompts' ends,
+    # so position p is column width + p in every row)
+    fast = getattr(model, "backend", "hf") == "hf"
+    above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0] if fast else []
     starts = pairs.cache(above, corrupted=True) if above else None
-    cut = pairs.corr["input_ids"].shape[1] + min(positions)
-    prefix = _prefix_kv(pairs, cut) if cut > 0 and getattr(model, "backend", "hf") == "hf" and \
-        any(name != "attn_z" for name in sites) else None
+    cut = pairs.corr["input_ids"].shape[1] + min(positions) if positions else 0
+    prefix = _prefix_kv(pairs, cut) if fast and cut > 0 and any(name != "attn_z" for name in sites) else None
     for name in sites:
         site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
         clean = pairs.cache(site_list)
         grid = []
         for site in tqdm(site_list, desc=f"sweep {name}", disable=not progress):
-            resid = starts[Site("resid_pre", site.layer)] if site.layer > 0 else None  # layer 0: the embedding
+            resid = starts[Site("resid_pre", site.layer)] if starts is not None and site.layer > 0 else None
             if name == "attn_z":  # one head at every position at once
                 grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, None, 0,
                                              batch_rows))
