@@ -159,8 +159,11 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
     assert proto["selected_on"] == "validation" and proto["split_unit"] == "prompt" and proto["seed"] == 0
     assert (proto["n_train"], proto["n_val"], proto["n_test"]) == (6, 4, 2)
     assert sel["passes"][result.layer][result.position] is True
-    assert all((v is None) == (b is None) for row_p, row_b in zip(sel["passes"], sel["bypass"])
-               for v, b in zip(row_p, row_b))
+    # the pruned search computes KL (and then induce) only where they can change the choice: a pass verdict
+    # exactly where the KL is known, and a full bypass wherever it is
+    assert all((v is None) == (k is None) for row_p, row_k in zip(sel["passes"], sel["kl"]) for v, k in zip(row_p, row_k))
+    assert all(b is not None for row_k, row_b in zip(sel["kl"], sel["bypass"]) for k, b in zip(row_k, row_b)
+               if k is not None)
     assert set(report["timing"]) >= {"split_filter_s", "candidates_s", "scorer_setup_s", "selection_s",
                                      "evaluation_s", "evaluation_generate_s", "evaluation_ce_s", "total_s"}
     # the judges (substring by default): its rates are the headline numbers, and the report shows its table
@@ -279,3 +282,30 @@ def test_filter_captures_the_kept_prompts_in_its_forward(tiny_llama):
     assert len(acts) == len(kept) and torch.equal(acts.mask, again.mask)
     for key in again.tensors:
         torch.testing.assert_close(acts.tensors[key], again.tensors[key], atol=1e-5, rtol=1e-5)
+
+
+def test_lazy_round_chooses_what_full_scores_choose(tiny_llama):
+    from interp.experiments._refusal_scoring import Scores, _lazy_round, passes
+
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("<|im_end|>", "!"))
+    cands = candidate_directions(m.capture(HARMFUL, "resid_pre", "post_instruction", progress=False),
+                                 m.capture(HARMLESS, "resid_pre", "post_instruction", progress=False)).float() * 4
+    scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, progress=False)
+    chunk = [(1, p) for p in range(cands.shape[1])]
+    full = {k: scorer.score(cands[k], k[0]) for k in chunk}
+    kls, induces = sorted(s.kl for s in full.values()), sorted(s.induce for s in full.values())
+    checked = 0
+    for kl_max in (kls[0], kls[len(kls) // 2], kls[-1], -1.0):
+        for induce_min in (induces[0], induces[len(induces) // 2], induces[-1] + 1):
+            ok = [k for k in chunk if passes(full[k], 1, m.n_layers, kl_max, induce_min, 1.0)]
+            want = min(ok, key=lambda k: full[k].bypass) if ok else None
+            scores: dict = {k: Scores() for k in chunk}
+            got = _lazy_round(scorer, cands, chunk, scores, m.n_layers, kl_max, induce_min, 1.0)
+            assert got == want
+            for k in chunk:  # what it computed equals the full scores
+                assert scores[k].bypass == pytest.approx(full[k].bypass, abs=1e-5)
+                if not math.isnan(scores[k].induce):
+                    assert scores[k].induce == pytest.approx(full[k].induce, abs=1e-5)
+            checked += want is not None
+    assert checked >= 3  # some filter settings have a passing candidate, some (kl_max = -1) none

@@ -40,6 +40,9 @@ def add_parser(sub) -> None:
                    help="tokens per greedy completion used to judge refusal (default 32)")
     h.add_argument("--threshold", type=float, default=0.0, help="guard flags belief score >= this (default 0)")
     h.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate batch (default 16)")
+    h.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
+                        "it natively)")
     h.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     h.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="repeat split, fit, choice and test per seed, space-separated; headlines become mean +- sd")
@@ -94,10 +97,10 @@ def config_from_args(args):
 
 def run_experiment(args) -> int:
     from ..experiments.harmfulness import run
-    from ..loading import load_model
+    from ..loading import load_model, resolve_dtype
 
     cfg = config_from_args(args)
-    result = run(load_model(args.model), cfg, out=args.out)
+    result = run(load_model(args.model, dtype=resolve_dtype(args.dtype)), cfg, out=args.out)
     r = result.report
     for fam, g in r["guard"].items():
         print(f"{fam:<32} guard AUROC {g['guard_auroc']:.3f} acc {g['guard_accuracy']:.3f} | refusal AUROC "

@@ -133,20 +133,22 @@ class CandidateScorer:
         metrics, kls = self.bypass_and_kl_values(direction, proxy)
         return metrics.mean().item(), kls.mean().item()
 
-    def bypass_and_kl_values(self, direction: torch.Tensor, proxy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-prompt values behind ``bypass_and_kl`` (in batch order)."""
+    def bypass_and_kl_values(self, direction: torch.Tensor, proxy: bool = False, harmful: bool = True,
+                             harmless: bool = True) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Per-prompt values behind ``bypass_and_kl`` (in batch order); ``harmful=False`` or
+        ``harmless=False`` skips that half (its value is None)."""
         ps = self.proxy if proxy else self.full
         metrics, kls = [], []
         with self.model.intervene(everywhere(self.model, direction)), torch.no_grad():
             kv = self._prefix_kv()
-            for batch, _ in ps.harmful:
+            for batch, _ in ps.harmful if harmful else ():
                 metrics.append(refusal_metric(self._logits(batch, kv), self.refusal_ids))
             start = 0
-            for batch, rows in ps.harmless:
+            for batch, rows in ps.harmless if harmless else ():
                 logits = self._logits(batch, kv)
                 kls.append(kl_div(ps.base_harmless[start:start + len(rows)], logits))
                 start += len(rows)
-        return torch.cat(metrics), torch.cat(kls)
+        return torch.cat(metrics) if metrics else None, torch.cat(kls) if kls else None
 
     def induce(self, direction: torch.Tensor, layer: int, proxy: bool = False) -> float:
         """Mean refusal metric on harmless prompts with +r added at ``layer`` (all positions)."""
@@ -229,10 +231,12 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
     above the candidate's layer), then bypass and KL (one ablated forward)
     for those that plausibly induce. Candidates that plausibly pass both
     filters (within two standard errors of the proxy means) come first,
-    lowest proxy bypass first; then the rest, nearest misses first. It fully
-    scores ``top_k`` at a time in that order and stops after the first round
-    in which some candidate passes the filters, so a noisy proxy costs time,
-    never a candidate: every one is reachable.
+    lowest proxy bypass first; then the rest, nearest misses first. It takes
+    ``top_k`` at a time in that order and stops after the first round in which
+    some candidate passes the filters, so a noisy proxy costs time, never a
+    candidate: every one is reachable. Within a round, every candidate gets its
+    full bypass, and KL and induce are computed lowest bypass first until one
+    passes (``_lazy_round``): the same choice as scoring all of them fully.
     """
     if mode not in ("pruned", "exhaustive"):
         raise InterpError(f"mode must be 'pruned' or 'exhaustive', got {mode!r}")
@@ -251,6 +255,12 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
     best, n_scored = None, 0
     for start in range(0, len(order), top_k if mode == "pruned" else len(order)):
         chunk = order[start:start + (top_k if mode == "pruned" else len(order))]
+        if mode == "pruned":
+            best = _lazy_round(scorer, candidates, chunk, scores, n_layers, kl_max, induce_min, max_layer_frac)
+            n_scored += len(chunk)
+            if best is not None:
+                break
+            continue
         for key in tqdm(chunk, desc="full scores", disable=not scorer.progress):
             full = scorer.score(candidates[key], key[0])
             proxy = scores.get(key, Scores())
@@ -262,8 +272,6 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
             cand = min(ok, key=lambda k: scores[k].bypass)
             if best is None or scores[cand].bypass < scores[best].bypass:
                 best = cand
-            if mode == "pruned":
-                break
     if best is None:
         # name the nearest misses so the user sees which filter to loosen, and by how much
         full = [k for k, s in scores.items() if not math.isnan(s.kl)]
@@ -276,6 +284,31 @@ def select_direction(scorer: CandidateScorer, candidates: torch.Tensor, mode: st
                           f"int({max_layer_frac}·{n_layers}) = {cut}) among {n_scored} scored; loosen them (kl_max, "
                           f"induce_min, max_layer_frac) or use more or other prompts. Nearest: {misses}")
     return Selection(layer=best[0], position=best[1] - n_pos, scores=scores, n_scored=n_scored, mode=mode)
+
+
+def _lazy_round(scorer: CandidateScorer, candidates: torch.Tensor, chunk: list, scores: dict, n_layers: int,
+                kl_max: float, induce_min: float, max_layer_frac: float):
+    """One round of the pruned search's full scores: the round's choice (the lowest full bypass among its
+    candidates that pass the filters) or None, computing only what can change that choice.
+
+    Every candidate gets its full bypass (the ablated harmful forward); then, lowest bypass first, the
+    KL (the ablated harmless forward) and, where the KL filter holds, the induce score, until the first
+    candidate that passes: it has the lowest bypass of those that pass, so the others' KL and induce
+    could not change the choice and stay NaN (not computed) in the report.
+    """
+    for key in tqdm(chunk, desc="full bypass", disable=not scorer.progress):
+        bypass, _ = scorer.bypass_and_kl_values(candidates[key], harmless=False)
+        old = scores.get(key, Scores())
+        scores[key] = Scores(bypass=bypass.mean().item(), proxy_bypass=old.proxy_bypass,
+                             proxy_induce=old.proxy_induce, proxy_kl=old.proxy_kl)
+    for key in sorted(chunk, key=lambda k: scores[k].bypass):
+        _, kls = scorer.bypass_and_kl_values(candidates[key], harmful=False)
+        scores[key].kl = kls.mean().item()
+        if scores[key].kl <= kl_max and key[0] < layer_cutoff(n_layers, max_layer_frac):
+            scores[key].induce = scorer.induce(candidates[key], key[0])
+        if passes(scores[key], key[0], n_layers, kl_max, induce_min, max_layer_frac):
+            return key
+    return None
 
 
 def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, scores: dict,
