@@ -39,6 +39,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .data.jsonl import iter_jsonl
 from .errors import InterpError
 from .prefix import SharedPrefix
 
@@ -472,15 +473,8 @@ def read_labels(path: str | Path) -> list[dict]:
         raise InterpError(f"labelled set {path} does not exist; pass a JSON-lines file with prompt, completion "
                           f"and label on each line")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise InterpError(f"{path}:{n} is not JSON ({e})") from None
-        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "completion",
-                                                                                       "label")):
+    for n, row in iter_jsonl(path, example='{"prompt": "...", "completion": "...", "label": "refusal"}'):
+        if not all(isinstance(row.get(k), str) for k in ("prompt", "completion", "label")):
             raise InterpError(f"{path}:{n} needs string fields prompt, completion and label")
         if row["label"] not in LABELS:
             raise InterpError(f"{path}:{n} has label {row['label']!r}; labels are {', '.join(LABELS)}")

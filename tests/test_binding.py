@@ -185,6 +185,9 @@ def test_bad_coref_file(tmp_path):
     p.write_text('{"text": "abc def", "entities": {"a": [[0, 3]], "b": [[2, 5]]}}\n')
     with pytest.raises(InterpError, match="overlaps"):
         load_coref_texts(p)
+    p.write_text('\n{"text": "abc", "entities": \n')
+    with pytest.raises(InterpError, match="line 2 is not valid JSON"):
+        load_coref_texts(p)
 
 
 def test_word_groups_and_pairs():

@@ -166,7 +166,8 @@ def test_read_labels_checks_each_line(tmp_path):
     f.write_text('{"prompt": "p", "completion": "c", "label": "refusal"}\n\n')
     assert read_labels(f)[0]["label"] == "refusal"
     for bad, msg in (('{"prompt": "p", "completion": "c", "label": "maybe"}', "labels are"),
-                     ('{"prompt": "p", "label": "refusal"}', "string fields"), ("nope", "not JSON"), ("", "no rows")):
+                     ('{"prompt": "p", "label": "refusal"}', "string fields"), ("nope", "line 1 is not valid JSON"),
+                     ("[]", "line 1 is a JSON list, not an object"), ("", "no rows")):
         f.write_text(bad + "\n")
         with pytest.raises(InterpError, match=msg):
             read_labels(f)

@@ -324,7 +324,7 @@ PROMPT_FILES = [
     ("latin-1", lambda e, t: _read(e, "latin1.txt"), "not UTF-8"),
     ("malformed JSONL", lambda e, t: _read(e, "bad.jsonl"), "not valid JSON"),
     ("JSONL without key", lambda e, t: _read(e, "nokey.jsonl"), "no 'prompt' field"),
-    ("JSONL line not an object", lambda e, t: _read(e, "notobj.jsonl"), "no 'prompt' field"),
+    ("JSONL line not an object", lambda e, t: _read(e, "notobj.jsonl"), "line 1 is a JSON list, not an object"),
     ("JSONL prompt not a string", lambda e, t: _read(e, "nonstr.jsonl"), "must be a non-empty string"),
     ("JSONL blank prompt", lambda e, t: _read(e, "emptystr.jsonl"), "must be a non-empty string"),
 ]

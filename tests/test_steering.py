@@ -70,7 +70,7 @@ def test_margins_match_evaluation_nll(tiny_llama):
 def test_read_pairs_rejects_bad_files(tmp_path):
     ok = {"prompt": "Is ice cold?", "positive": "Yes", "negative": "No"}
     assert steering.read_pairs(_write(tmp_path / "ok.jsonl", [ok, "", ok])) == [Pair("Is ice cold?", "Yes", "No")] * 2
-    cases = {"bad.jsonl": (["{not json"], "is not JSON"), "list.jsonl": (["[1, 2]"], "not an object"),
+    cases = {"bad.jsonl": (["{not json"], "line 1 is not valid JSON"), "list.jsonl": (["[1, 2]"], "line 1 is a JSON list, not an object"),
              "missing.jsonl": ([{"prompt": "q", "positive": "Yes"}], "negative"),
              "same.jsonl": ([{"prompt": "q", "positive": "Yes", "negative": " Yes"}], "same text"),
              "empty.jsonl": ([""], "no pairs")}
@@ -121,7 +121,7 @@ def test_cli_help_and_bad_pairs_fail_before_loading(tmp_path):
     bad = _write(tmp_path / "bad.jsonl", ["{oops"])
     out = subprocess.run([sys.executable, "-m", "interp.cli", "steer", "no-such-model", "--pairs", str(bad), "--json"],
                          capture_output=True, text=True)
-    assert out.returncode == 2 and "is not JSON" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and "line 1 is not valid JSON" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.slow

@@ -30,7 +30,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from ..errors import InterpError
+from .jsonl import iter_jsonl
 
 COREF_PATH = Path(__file__).resolve().parents[2] / "data" / "coref_texts.jsonl"
 
@@ -56,13 +56,7 @@ def load_coref_texts(path: str | Path | None = None) -> list[dict]:
     if not path.exists():
         raise InterpError(f"no annotated texts at {path}; pass the path of a JSONL file with text and entities")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}:{n} is not valid JSON: {e}") from None
+    for n, rec in iter_jsonl(path, example='{"id": "t1", "text": "Ann met Bo.", "entities": {"a": [[0, 3]]}}'):
         text, ents = rec.get("text"), rec.get("entities")
         if not isinstance(text, str) or not isinstance(ents, dict) or not ents:
             raise InterpError(f"{path}:{n} needs a 'text' string and a non-empty 'entities' mapping")

