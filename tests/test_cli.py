@@ -22,7 +22,7 @@ def test_every_command_has_help_for_every_option(capsys):
     commands = dict(_subcommands(parser))
     assert {"models", "capture", "bench", "demo", "refusal", "refusal-eval", "harmfulness", "guard fit", "guard score",
             "separation", "chat", "illusion", "patch", "bench capture", "bench generate",
-            "bench refusal"} <= set(commands)
+            "bench refusal", "bench patching"} <= set(commands)
     for name, sub in commands.items():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
