@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import InterpError
+from .intervene import weight_edit
 # the refusal judges (substring, LLM, safety classifier) live in interp.judges; the paper's substring check
 # is re-exported here, where every experiment has always read it
 from .judges import LABELS, REFUSAL_PHRASES, Judge, get_judge, is_refusal, judge  # noqa: F401
@@ -122,7 +123,8 @@ def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], int
         shared = SharedPrefix.of(model, heads)
         if len(shared):
             total, count = 0.0, 0
-            with _intervening(model, interventions), torch.no_grad():
+            # an all-layer ablation runs as the weight edit generate uses (interp.intervene): no hooks
+            with _intervening(model, interventions), weight_edit(model), torch.no_grad():
                 kv = shared.cache()
                 for s in range(0, len(ids), batch_size):
                     rows, n = ids[s:s + batch_size], len(shared)

@@ -338,16 +338,17 @@ class Model:
                     h = base(**batch, use_cache=cache is not None, **kv).last_hidden_state
             return self._unembed(h[:, -1])
 
-    def prefix_cache(self, prefix_ids: Sequence[int]):
+    def prefix_cache(self, prefix_ids: Sequence[int], copies: int = 1):
         """The KV cache of one token prefix (batch 1), under attached hooks, for ``last_logits(cache=...)``.
 
         Prompts that share a prefix (a chat template's system prompt) can skip
         recomputing it: copy the cache, repeat it to the batch size
-        (``cache.batch_repeat_interleave``) and pass the suffixes.
+        (``cache.batch_repeat_interleave``) and pass the suffixes. ``copies`` runs
+        the prefix as that many rows, e.g. each under its own per-row intervention.
         """
         base = self.hf.base_model
         with torch.no_grad():
-            out = base(input_ids=torch.tensor([list(prefix_ids)], device=self.device), use_cache=True)
+            out = base(input_ids=torch.tensor([list(prefix_ids)] * copies, device=self.device), use_cache=True)
         return getattr(out, "cache", None) or out.past_key_values
 
     def _run_upper_blocks(self, base, start: int, resid: torch.Tensor, batch, kv: dict) -> torch.Tensor:

@@ -309,3 +309,17 @@ def test_lazy_round_chooses_what_full_scores_choose(tiny_llama):
                     assert scores[k].induce == pytest.approx(full[k].induce, abs=1e-5)
             checked += want is not None
     assert checked >= 3  # some filter settings have a passing candidate, some (kl_max = -1) none
+
+
+def test_induce_of_several_candidates_in_one_batch_equals_one_at_a_time(tiny_llama):
+    m = tiny_llama
+    ids = refusal_token_ids(m.tokenizer, ("<|im_end|>", "!"))
+    cands = candidate_directions(m.capture(HARMFUL, "resid_pre", "post_instruction", progress=False),
+                                 m.capture(HARMLESS, "resid_pre", "post_instruction", progress=False)).float() * 4
+    scorer = CandidateScorer(m, HARMFUL, HARMLESS, ids, batch_size=2, proxy_prompts=3, progress=False)
+    assert len(scorer.shared)  # the batched path: a shared prefix under per-row additions
+    for proxy in (True, False):
+        many = scorer.induce_values_many(cands[1], 1, proxy=proxy)
+        one = torch.stack([scorer.induce_values(d, 1, proxy=proxy) for d in cands[1]])
+        torch.testing.assert_close(many, one, atol=1e-4, rtol=1e-4)
+        assert one.std() > 1e-3  # the candidates differ, so a mix-up of rows would show

@@ -14,6 +14,7 @@ for activation addition); the residual stream is read with
 """
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -24,7 +25,7 @@ from tqdm.auto import tqdm
 from ..capture import recording
 from ..errors import InterpError
 from ..evaluation import kl_div, refusal_metric
-from ..interventions import Add, Context, everywhere
+from ..interventions import Add, AddPerPrompt, Context, everywhere
 from ..prefix import SharedPrefix
 
 #: First tokens of typical refusals, read by the refusal metric (Qwen's refusals begin "I'm sorry" / "As an AI").
@@ -167,6 +168,28 @@ class CandidateScorer:
             logits = self._logits(batch, kv, start_layer=layer, resid=steered)
             metrics.append(refusal_metric(logits, self.refusal_ids))
         return torch.cat(metrics)
+
+    def induce_values_many(self, directions: torch.Tensor, layer: int, proxy: bool = False) -> torch.Tensor:
+        """``induce_values`` of several candidates at one layer ([k, d] -> [k, prompts]) as one batch: the
+        prefix under each candidate's addition in one forward of k rows, then every batch of suffixes k
+        times over (bigger matrix products than k small runs; equal up to float rounding)."""
+        ps = self.proxy if proxy else self.full
+        k = directions.shape[0]
+        if k == 1 or not len(self.shared):
+            return torch.stack([self.induce_values(d, layer, proxy) for d in directions])
+        with self.model.intervene({f"resid_pre.{layer}": AddPerPrompt(directions)}):
+            kv = self.model.prefix_cache(self.prefix, copies=k)  # row c: the prefix steered by candidate c
+        out = []
+        for (batch, _), resid in zip(ps.harmless, ps.resid):
+            b = batch["input_ids"].shape[0]
+            stacked = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in batch.items()}  # candidate-major
+            ctx = _suffix_context(batch, resid[layer].shape[1])
+            steered = torch.cat([Add(d).apply(resid[layer], ctx) for d in directions])
+            cache = copy.deepcopy(kv)
+            cache.batch_repeat_interleave(b)  # [c0 x b, c1 x b, ...], as the stacked rows
+            logits = self.model.last_logits(stacked, cache=cache, start_layer=layer, resid=steered)
+            out.append(refusal_metric(logits, self.refusal_ids).reshape(k, b))
+        return torch.cat(out, 1)
 
     def score(self, direction: torch.Tensor, layer: int) -> Scores:
         bypass, kl = self.bypass_and_kl(direction)
@@ -321,10 +344,14 @@ def _proxy_order(scorer: CandidateScorer, candidates: torch.Tensor, pool: list, 
     errors first.
     """
     miss: dict = {}  # standard errors by which a candidate misses a filter on the proxy (<= 0: plausible)
-    for key in tqdm(pool, desc="proxy induce", disable=not scorer.progress):
-        values = scorer.induce_values(candidates[key], key[0], proxy=True)
-        scores[key] = Scores(proxy_induce=values.mean().item())
-        miss[key] = (induce_min - values.mean().item()) / _stderr(values) - z
+    by_layer: dict[int, list] = {}
+    for key in pool:
+        by_layer.setdefault(key[0], []).append(key)
+    for layer, keys in tqdm(by_layer.items(), desc="proxy induce (layers)", disable=not scorer.progress):
+        many = scorer.induce_values_many(torch.stack([candidates[k] for k in keys]), layer, proxy=True)
+        for key, values in zip(keys, many):
+            scores[key] = Scores(proxy_induce=values.mean().item())
+            miss[key] = (induce_min - values.mean().item()) / _stderr(values) - z
     inducing = [k for k in pool if miss[k] <= 0]
     for key in tqdm(inducing, desc="proxy bypass+KL", disable=not scorer.progress):
         metrics, kls = scorer.bypass_and_kl_values(candidates[key], proxy=True)

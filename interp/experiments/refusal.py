@@ -150,9 +150,10 @@ def filter_pool(model, pool: Sequence[str], want: int, keep_if_refused: bool, re
             (kept if (m > 0) == keep_if_refused else dropped).append(p)
         if progress:
             print(f"  filter: {len(kept)} of {tested} kept")
-        # the next chunk: what the keep rate so far says is still needed, with 10% to spare, in whole batches
+        # the next chunk: what the keep rate so far says is still needed (a short chunk costs one more round
+        # of a few prompts; a long one, forwards of prompts that are never used)
         rate = max(len(kept), 1) / tested
-        chunk = batch_size * max(1, math.ceil((want - len(kept)) / rate * 1.1 / batch_size))
+        chunk = max(1, math.ceil((want - len(kept)) / rate))
     return kept, dropped, {"tested": tested, "kept": len(kept)}
 
 
@@ -251,10 +252,11 @@ def evaluate(model, direction: torch.Tensor, layer: int, harmful: Sequence[str],
                "harmless_baseline": harmless, "harmless_plus_r": harmless}
     rates = {name: refusal_score(completions[name], phrases) for name in sources}
     with sw("ce"):
-        ce_base = completion_ce(model, harmless, completions["harmless_baseline"], batch_size=batch_size,
+        # batches as large as generation's: fewer, fuller forwards
+        ce_base = completion_ce(model, harmless, completions["harmless_baseline"], batch_size=generate_batch_size,
                                 share_prefix=True)
         ce_ablated = completion_ce(model, harmless, completions["harmless_baseline"], everywhere(model, direction),
-                                   batch_size=batch_size, share_prefix=True)
+                                   batch_size=generate_batch_size, share_prefix=True)
     out = {
         "baseline_refusal": rates["harmful_baseline"], "ablated_refusal": rates["harmful_ablated"],
         "minus_r_refusal": rates["harmful_minus_r"], "induced_refusal": rates["harmless_plus_r"],
