@@ -118,21 +118,23 @@ def completion_ce(model, prompts: Sequence[str], completions: Sequence[str], int
     heads = [model.encode([p], chat=chat).ids[0] for p in prompts]
     ids = [h + model.tokenizer(c, add_special_tokens=False)["input_ids"] for h, c in zip(heads, completions)]
     if share_prefix:
-        from .prefix import SharedPrefix
+        from .prefix import SharedPrefix, length_buckets
 
         shared = SharedPrefix.of(model, heads)
         if len(shared):
             total, count = 0.0, 0
             # an all-layer ablation runs as the weight edit generate uses (interp.intervene): no hooks
             with _intervening(model, interventions), weight_edit(model), torch.no_grad():
-                kv = shared.cache()
-                for s in range(0, len(ids), batch_size):
-                    rows, n = ids[s:s + batch_size], len(shared)
+                kv, n = shared.cache(), len(shared)
+                # rows of similar length batched together: completions end at different lengths, and one
+                # batch padded to its longest row spends a third of its forward on padding
+                for group in length_buckets([len(r) for r in ids], max_rows=batch_size):
+                    rows = [ids[i] for i in group]
                     batch = shared.batch(rows)
                     h = model.final_hidden(batch, cache=shared.expand(kv, len(rows)))
                     width = batch["input_ids"].shape[1]
                     picks, targets = [], []
-                    for j, (row, head) in enumerate(zip(rows, heads[s:s + batch_size])):
+                    for j, (row, head) in enumerate(zip(rows, [heads[i] for i in group])):
                         # column c holds token n + c of the row's suffix: completion tokens len(head).. are
                         # predicted from the columns of tokens len(head) − 1 .. len(row) − 2
                         first = width - (len(row) - n) + (len(head) - 1 - n)

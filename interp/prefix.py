@@ -89,3 +89,31 @@ class SharedPrefix:
         kv = copy.deepcopy(kv)
         kv.batch_repeat_interleave(rows)
         return kv
+
+
+def length_buckets(lengths: Sequence[int], max_rows: int, overhead: int = 64) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into padded batches of similar length, to waste little on padding.
+
+    Rows are sorted by length and cut where a new batch costs less than the padding it saves: the cut
+    minimizes Σ (rows × longest) + ``overhead`` × batches (a forward's fixed cost, in tokens), with at most
+    ``max_rows`` rows a batch. One long prompt among short ones then runs alone instead of padding them.
+
+    Example:
+        >>> length_buckets([3, 40, 4, 41], max_rows=4, overhead=8)
+        [[0, 2], [1, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    n = len(order)
+    best = [0.0] + [float("inf")] * n  # best[j]: cost of the first j rows (sorted)
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        longest = lengths[order[j - 1]]
+        for i in range(max(0, j - max_rows), j):
+            cost = best[i] + (j - i) * longest + overhead
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], n
+    while j > 0:
+        groups.append(order[cut[j]:j])
+        j = cut[j]
+    return groups[::-1]
