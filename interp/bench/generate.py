@@ -2,8 +2,9 @@
 
 One batch, greedy, KV cache on, a fixed number of new tokens (EOS ignored).
 Timed side by side in one process, round-robin (each repetition runs every
-contender once, in turn, so load on a shared machine hits them alike), median
-of ``reps`` after a warm-up of each:
+contender once, in turn, from a rotating start, garbage collected between
+them, so load on a shared machine hits them alike), median of ``reps`` after
+a warm-up of each:
 
 - ``plain``: ``model.hf.generate``;
 - ``interp_ablate``: the same inside ``model.intervene(everywhere(model, r))``
@@ -27,6 +28,7 @@ Ratios are plain time / contender time (higher is faster; 1.0 = no cost).
 from __future__ import annotations
 
 import copy
+import gc
 import statistics
 import time
 from typing import Callable
@@ -40,14 +42,19 @@ PROMPTS = ["Write a short story about a lighthouse keeper.", "Explain how rainbo
 
 
 def _round_robin(fns: dict[str, Callable[[], object]], reps: int) -> dict[str, float]:
-    """Median seconds per contender; each repetition runs every contender once, in turn."""
+    """Median seconds per contender; each repetition runs every contender once, in turn, starting one
+    place later each time (no contender always follows the same one), with the garbage of the one
+    before collected outside the timing (else the contender after a peer that allocates much, nnsight,
+    pays for that peer's garbage: plain HF measured 11% slower than the hooked runs that way)."""
     for fn in fns.values():
         fn()  # warm-up
+    names = list(fns)
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for k, fn in fns.items():
+    for rep in range(reps):
+        for k in names[rep % len(names):] + names[:rep % len(names)]:
+            gc.collect()
             t = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(time.perf_counter() - t)
     return {k: statistics.median(v) for k, v in times.items()}
 
