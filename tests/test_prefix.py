@@ -151,7 +151,6 @@ def test_generate_prefills_long_and_short_prompts_in_buckets(tiny_llama, monkeyp
         assert joined and joined[-1] is not None  # the buckets were really joined
 
 
-
 @pytest.mark.slow
 def test_joined_bucket_cache_gives_the_whole_batchs_logits(smollm):
     """The random model's completions barely depend on the prompt, so on a real model: the next-token

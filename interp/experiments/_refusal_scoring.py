@@ -14,7 +14,6 @@ for activation addition); the residual stream is read with
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -185,8 +184,7 @@ class CandidateScorer:
             stacked = {key: v.repeat(k, *([1] * (v.dim() - 1))) for key, v in batch.items()}  # candidate-major
             ctx = _suffix_context(batch, resid[layer].shape[1])
             steered = torch.cat([Add(d).apply(resid[layer], ctx) for d in directions])
-            cache = copy.deepcopy(kv)
-            cache.batch_repeat_interleave(b)  # [c0 x b, c1 x b, ...], as the stacked rows
+            cache = self.shared.expand(kv, b)  # each candidate's prefix row b times: [c0 x b, c1 x b, ...]
             logits = self.model.last_logits(stacked, cache=cache, start_layer=layer, resid=steered)
             out.append(refusal_metric(logits, self.refusal_ids).reshape(k, b))
         return torch.cat(out, 1)
