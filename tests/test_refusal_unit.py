@@ -166,7 +166,11 @@ def test_pipeline_end_to_end_on_tiny_model(tiny_llama, tmp_path, capsys):
                if k is not None)
     assert set(report["timing"]) >= {"split_filter_s", "candidates_s", "scorer_setup_s", "selection_s",
                                      "evaluation_s", "evaluation_generate_s", "evaluation_ce_s", "total_s"}
-    # the judges (substring by default): its rates are the headline numbers, and the report shows its table
+    # the judges (substring and rules by default): substring's rates are the headline numbers, and the report
+    # shows their table; rules differs from substring only by calling loops incoherent
+    assert set(report["judges"]) == {"substring", "rules"}
+    rules = report["judges"]["rules"]
+    assert rules["ablated_refusal"] <= report["judges"]["substring"]["ablated_refusal"]
     sub = report["judges"]["substring"]
     assert (sub["ablated_refusal"], sub["induced_refusal"]) == (report["evaluation"]["ablated_refusal"],
                                                                 report["evaluation"]["induced_refusal"])

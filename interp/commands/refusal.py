@@ -54,10 +54,11 @@ def add_parser(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                    help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
                    "it natively, as the paper's code runs, else float32)")
-    p.add_argument("--judges", nargs="+", default=["substring"],
-                   help="refusal judges of the held-out evaluation (default: substring, the paper's phrase list; add "
-                   "model, model:NAME or hf-classifier:ID_OR_FOLDER: see interp refusal-eval); the headline numbers "
-                   "are the substring judge's")
+    p.add_argument("--judges", nargs="+", default=["substring", "rules"],
+                   help="refusal judges of the held-out evaluation (default: substring rules: the paper's phrase "
+                   "list, and the same list with a repetition check that calls loops incoherent; add model, "
+                   "model:NAME or hf-classifier:ID_OR_FOLDER: see interp refusal-eval); the headline numbers are "
+                   "the substring judge's")
     p.add_argument("--save-model", action="store_true",
                    help="also save the weight-orthogonalized model (save_pretrained) under --out")
     p.set_defaults(func=run)
@@ -73,9 +74,11 @@ def add_parser(sub) -> None:
     e.add_argument("--max-new-tokens", type=int, default=EVAL_MAX_NEW_TOKENS,
                    help=f"tokens per greedy completion; a row stops at its end-of-turn token (default "
                    f"{EVAL_MAX_NEW_TOKENS}, long enough to catch late refusals: docs/refusal.md, Judges)")
-    e.add_argument("--judges", nargs="+", default=["substring", "model"],
-                   help="refusal judges (default: substring model): substring (the paper's phrase list), model "
-                   "(an LLM judge on the packaged 1.5B Qwen), model:NAME (another chat model), "
+    e.add_argument("--judges", nargs="+", default=["substring", "rules"],
+                   help="refusal judges (default: substring rules): substring (the paper's phrase list), rules "
+                   "(the list plus a repetition check: loops are incoherent; the closest to the hand labels, "
+                   "docs/refusal.md), model (an LLM judge on the packaged 1.5B Qwen; minutes per run), "
+                   "model:NAME (another chat model), "
                    "hf-classifier:ID_OR_FOLDER (Llama Guard, HarmBench classifier); the top-level numbers are "
                    "always the substring judge's")
     e.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],

@@ -71,7 +71,7 @@ class Config:
     examples: int = 4  #: completions shown in the report per condition
     save_model: bool = False  #: also write the weight-orthogonalized model (edits the model in place, at the end)
     seeds: Sequence[int] | None = None  #: repeat split, search and evaluation per seed; headlines become mean ± spread
-    judges: Sequence[str] = ("substring",)  #: refusal judges of the evaluation (interp.judges); substring is the paper's
+    judges: Sequence[str] = ("substring", "rules")  #: refusal judges of the evaluation (interp.judges); substring is the paper's
 
 
 #: The older name of ``Config`` (``interp.refusal.RefusalConfig`` before the experiments layer).
