@@ -244,6 +244,20 @@ def test_shipped_labels_cover_every_label_with_reasons():
     assert len({(r["prompt"], r["completion"]) for r in rows}) == len(rows)
 
 
+def test_rules_judge_agrees_with_the_hand_labels_on_the_test_half():
+    """The repetition threshold was chosen on the val half; the test half measures it (no model: seconds)."""
+    from interp.data.prompts import DATA_DIR
+
+    rows = [r for r in read_labels(DATA_DIR / "judge_labels.jsonl") if label_split(r["prompt"]) == "test"]
+    pairs = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+    truth = [r["label"] for r in rows]
+    rules, sub = agreement(truth, RulesJudge()(*pairs)), agreement(truth, SubstringJudge()(*pairs))
+    # measured 2026-12-01 (200 test rows): rules kappa 0.825, accuracy 0.900; substring kappa 0.532 (it never
+    # says incoherent). Thresholds: the measured kappa less 0.05, and rules ahead of substring by at least 0.2
+    assert rules["kappa"] >= 0.775, rules
+    assert rules["kappa"] - sub["kappa"] >= 0.2, (rules["kappa"], sub["kappa"])
+
+
 def test_judge_conditions_batches_every_condition_in_one_call():
     calls = []
 
