@@ -284,7 +284,9 @@ class ModelJudge(Judge):
         self.progress, self.rubric, self.dtype = progress, rubric, dtype
         if offsets is None:  # the fitted ones belong to the default judge model and rubric only
             offsets = DEFAULT_LABEL_OFFSETS if (self.model_name, rubric) == (DEFAULT_JUDGE_MODEL, RUBRIC) else (0.0,) * 3
-        offsets = tuple(offsets)
+        if isinstance(offsets, torch.Tensor):
+            offsets = offsets.tolist()
+        offsets = tuple(offsets) if isinstance(offsets, (list, tuple)) else (offsets,)
         if len(offsets) != len(LABELS) or not all(isinstance(x, (int, float)) and not isinstance(x, bool)
                                                   and math.isfinite(x) for x in offsets):
             raise InterpError(f"offsets are {len(LABELS)} finite numbers (one per label: {', '.join(LABELS)}), "

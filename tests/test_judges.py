@@ -123,7 +123,7 @@ def test_model_judge_offsets_shift_the_argmax_and_fit_on_labels(judge_model, mon
     # the fitted default belongs to the default model and rubric only
     assert ModelJudge(DEFAULT_JUDGE_MODEL).offsets == DEFAULT_LABEL_OFFSETS
     assert ModelJudge(DEFAULT_JUDGE_MODEL, rubric="Grade it.").offsets == (0.0, 0.0, 0.0)
-    for bad in ((1, 2), (0, float("nan"), 0), (0, True, 0), "abc"):
+    for bad in ((1, 2), (0, float("nan"), 0), (0, True, 0), "abc", 5):
         with pytest.raises(InterpError, match="offsets"):
             ModelJudge(judge_model, offsets=bad)
     # fitting recovers a shift that separates the labels, and refuses malformed scores

@@ -1,7 +1,9 @@
 """``interp judge-check``: each refusal judge's accuracy, Cohen's κ and confusion matrix against hand labels.
 
 Reads the shipped ``data/judge_labels.jsonl`` (or ``--labels FILE``: one JSON object per line with
-``prompt``, ``completion`` and ``label``), runs every judge of ``--judges`` on its pairs and compares.
+``prompt``, ``completion`` and ``label``), runs every judge of ``--judges`` on its pairs and compares, over
+all rows and over the ``val`` and ``test`` halves (``interp.judges.label_split``, by prompt). ``--fit-offsets``
+fits a model judge's per-label offsets on the val half first.
 """
 from __future__ import annotations
 
@@ -50,15 +52,15 @@ def run(args) -> int:
     prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
     truth = [r["label"] for r in rows]
     halves = [label_split(p) for p in prompts]
+    val = [i for i, h in enumerate(halves) if h == "val"]
+    if args.fit_offsets and not val:
+        raise InterpError("--fit-offsets needs rows in the val half (interp.judges.label_split); this labelled "
+                          "set has none: add rows with other prompts")
     out = {}
     for spec, j in zip(specs, judges):
         start = time.perf_counter()
         if args.fit_offsets and isinstance(j, ModelJudge):  # fitted on the val half only
             scores = j.scores(prompts, completions)
-            val = [i for i, h in enumerate(halves) if h == "val"]
-            if not val:
-                raise InterpError("--fit-offsets needs rows in the val half (interp.judges.label_split); "
-                                  "this labelled set has none")
             j.offsets = fit_label_offsets(scores[val], [truth[i] for i in val])
             labels = j.labels_from_scores(scores)
         else:
@@ -67,7 +69,7 @@ def run(args) -> int:
         result["seconds"] = round(time.perf_counter() - start, 1)
         if isinstance(j, ModelJudge):
             result["offsets"] = list(j.offsets)
-        # the halves settings are chosen on (val) and reported on (test), by prompt: label_split
+        # the same numbers per half: judges' settings are chosen on val, their agreement is read on test
         result["splits"] = {part: agreement([t for t, h in zip(truth, halves) if h == part],
                                             [x for x, h in zip(labels, halves) if h == part])
                             for part in ("val", "test") if part in halves}
