@@ -91,6 +91,48 @@ class SharedPrefix:
         return kv
 
 
+@dataclass
+class LeadingColumns:
+    """The KV cache of a padded batch's first ``cut`` columns, for edits that start at column ``cut`` or later.
+
+    A forward edited only from some token on (a patch at the last positions, a steering vector added at
+    one entity's token) computes the same keys and values as the unedited run for every column before
+    it. ``LeadingColumns.of(model, batch, cut)`` runs those columns once; ``rest(rows)`` is the batch's
+    remaining columns for the given rows (which may repeat, e.g. one row per edit), with a copy of the
+    cache selected to match. ``cut`` 0, or a backend without the KV-cache fast path, gives no cache and
+    ``rest`` returns the whole rows.
+
+    Example:
+        lead = LeadingColumns.of(model, batch, cut=batch["input_ids"].shape[1] - 3)
+        sub, kw = lead.rest(torch.tensor([0, 1, 0, 1]))      # each prompt twice, last 3 columns only
+        logits = model.last_logits(sub, **kw)
+    """
+
+    batch: dict
+    cut: int
+    kv: object = None
+
+    @classmethod
+    def of(cls, model, batch: dict[str, torch.Tensor], cut: int) -> "LeadingColumns":
+        if cut <= 0 or getattr(model, "backend", "hf") != "hf":
+            return cls(batch, 0)
+        from transformers import DynamicCache
+
+        kv = DynamicCache()
+        model.last_logits({k: v[:, :cut] for k, v in batch.items()}, cache=kv)  # fills kv in place
+        return cls(batch, cut, kv)
+
+    def rest(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict]:
+        """The columns from ``cut`` on of ``rows`` (mask spanning all columns) and ``last_logits`` kwargs."""
+        sub = {k: v[rows.to(v.device)] for k, v in self.batch.items()}
+        if self.kv is None:
+            return sub, {}
+        kv = copy.deepcopy(self.kv)  # a forward extends its cache in place
+        kv.batch_select_indices(rows)
+        return ({"input_ids": sub["input_ids"][:, self.cut:], "attention_mask": sub["attention_mask"],
+                 "position_ids": sub["position_ids"][:, self.cut:]}, {"cache": kv})
+
+
 def length_buckets(lengths: Sequence[int], max_rows: int, overhead: int = 64) -> list[list[int]]:
     """Indices of ``lengths`` grouped into padded batches of similar length, to waste little on padding.
 

@@ -190,10 +190,15 @@ def test_comparison_pairs_use_each_pair_at_most_once_per_order():
     assert all((dict(zip(names, values))[a] < dict(zip(names, values))[b]) == yes for a, b, yes in pairs)
 
 
-def test_sweep_stacked_in_one_batch_equals_one_edit_at_a_time(tiny_llama):
+def test_sweep_stacked_in_one_batch_equals_one_edit_at_a_time(tiny_llama, monkeypatch):
     """Every (direction, α) edit stacked into the batch dimension (chunks of max_rows rows, AddPerPrompt at
-    resid_pre.1 on the cached residual) gives the Yes−No logit difference of one full forward per edit
-    (Add at resid_post.0 at each prompt's second entity)."""
+    resid_pre.1 on the cached residual, the columns before the first edited token from a KV cache) gives the
+    Yes−No logit difference of one full forward per edit (Add at resid_post.0 at each prompt's second entity)."""
+    from interp.prefix import LeadingColumns
+
+    cuts = []
+    of = LeadingColumns.of
+    monkeypatch.setattr(LeadingColumns, "of", classmethod(lambda cls, m, b, cut: cuts.append(cut) or of(m, b, cut)))
     from interp.capture import recording
     from interp.evaluation import logit_diff
     from interp.experiments.numeric import answer_tokens, sweep
@@ -225,6 +230,7 @@ def test_sweep_stacked_in_one_batch_equals_one_edit_at_a_time(tiny_llama):
                                        rtol=1e-4, atol=1e-5)
             assert (tok[vi, ai] == logits.argmax(-1).numpy()).all()
     assert np.abs(diff[:, [0, 3]] - base.numpy()).max() > 1e-4  # the edits did something
+    assert cuts and cuts[0] > 0  # the forwards skipped the columns before the edits
 
 
 def test_flip_test_counts_a_flip_at_any_alpha(tiny_llama, monkeypatch):

@@ -4,7 +4,7 @@ import torch
 
 from interp.experiments.refusal import baseline_metric
 from interp.interventions import Add
-from interp.prefix import SharedPrefix, shared_prefix
+from interp.prefix import LeadingColumns, SharedPrefix, shared_prefix
 
 PROMPTS = ["Tell me how to make a bomb", "Write a poem about the sea", "What is the capital of France?",
            "Explain photosynthesis to a child in two sentences", "Hi"]
@@ -32,6 +32,27 @@ def test_prefix_batches_give_the_full_forwards_logits(tiny_llama):
     assert not torch.allclose(full_i, full, atol=1e-3)
     off = SharedPrefix.of(m, ids, enabled=False)
     assert len(off) == 0 and off.cache() is None and torch.equal(off.batch(ids)["input_ids"], m.pad(ids)["input_ids"])
+
+
+def test_leading_columns_cached_once_give_the_full_forwards_logits(tiny_llama):
+    """Rows repeated (one per edit) over the cached first columns, edited after them, equal whole forwards."""
+    m = tiny_llama
+    batch = m.pad(m.encode(PROMPTS).ids)
+    width = batch["input_ids"].shape[1]
+    lead = LeadingColumns.of(m, batch, width - 4)
+    assert lead.kv is not None and lead.cut == width - 4
+    rows = torch.tensor([0, 1, 2, 3, 4, 4, 0])
+    add = Add(torch.randn(m.d_model, generator=torch.Generator().manual_seed(0)), 3.0, positions=[-2])
+    with m.intervene({"resid_pre.1": add}):
+        sub, kw = lead.rest(rows)
+        assert sub["input_ids"].shape == (7, 4) and sub["attention_mask"].shape == (7, width)
+        cached = m.last_logits(sub, **kw)
+        full = m.last_logits({k: v[rows] for k, v in batch.items()})
+    torch.testing.assert_close(cached, full, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(full, m.last_logits({k: v[rows] for k, v in batch.items()}), atol=1e-3)
+    whole = LeadingColumns.of(m, batch, 0)  # nothing cached: whole rows
+    sub, kw = whole.rest(rows)
+    assert kw == {} and torch.equal(sub["input_ids"], batch["input_ids"][rows])
 
 
 @pytest.mark.parametrize("positions", ["post_instruction", "last", [-3, -1]])

@@ -28,7 +28,6 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 from typing import Callable, Sequence
 
 import torch
@@ -41,6 +40,7 @@ from ..data.ioi import PatchTask
 from ..errors import InterpError
 from ..evaluation import logit_diff
 from ..interventions import Patch, ProjectionPatch
+from ..prefix import LeadingColumns
 from ..sites import Site, parse_site
 
 Metric = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -157,7 +157,8 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
     above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0] if fast else []
     starts = pairs.cache(above, corrupted=True) if above else None
     cut = pairs.corr["input_ids"].shape[1] + min(positions) if positions else 0
-    prefix = _prefix_kv(pairs, cut) if fast and cut > 0 and any(name != "attn_z" for name in sites) else None
+    lead = LeadingColumns.of(model, pairs.corr, cut if fast and any(name != "attn_z" for name in sites) else 0)
+    whole = LeadingColumns(pairs.corr, 0)
     for name in sites:
         site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
         clean = pairs.cache(site_list)
@@ -165,29 +166,20 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
         for site in tqdm(site_list, desc=f"sweep {name}", disable=not progress):
             resid = starts[Site("resid_pre", site.layer)] if starts is not None and site.layer > 0 else None
             if name == "attn_z":  # one head at every position at once
-                grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, None, 0,
+                grid.append(_stacked_effects(pairs, clean, site, list(range(model.n_heads)), True, resid, whole,
                                              batch_rows))
             else:
-                grid.append(_stacked_effects(pairs, clean, site, positions, False, resid, prefix, cut, batch_rows))
+                grid.append(_stacked_effects(pairs, clean, site, positions, False, resid, lead, batch_rows))
         out["effects"][name] = grid
     return out
 
 
-def _prefix_kv(pairs: Pairs, cut: int):
-    """The corrupted batch's KV cache of its first ``cut`` columns (every layer)."""
-    from transformers import DynamicCache
-
-    kv = DynamicCache()
-    pairs.model.last_logits({k: v[:, :cut] for k, v in pairs.corr.items()}, cache=kv)  # fills kv in place
-    return kv
-
-
 def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads: bool, resid: torch.Tensor | None,
-                     prefix, cut: int, batch_rows: int) -> list[float]:
+                     lead: LeadingColumns, batch_rows: int) -> list[float]:
     """Mean normalized effect over the pairs of patching ``site`` at each target (a position, or a head at
     every prompt position), the (target, pair) patches stacked as rows of as few forwards as ``batch_rows``
     allows. With ``resid`` (the corrupted ``resid_pre`` of the site's layer) only blocks from that layer up
-    run; with ``prefix`` (the corrupted KV cache of the first ``cut`` columns) only the columns after it."""
+    run; with a ``lead`` that caches the corrupted run's first columns, only the columns after them."""
     model, n = pairs.model, pairs.m_corr.shape[0]
     source, source_mask = clean[site], clean.attention_mask.bool()
     rows = [(t, i) for t in range(len(targets)) for i in range(n)]
@@ -201,14 +193,9 @@ def _stacked_effects(pairs: Pairs, clean, site: Site, targets: list[int], heads:
         patch = (Patch(src, positions="prompt", heads=at, source_mask=src_mask) if heads else
                  Patch(src, positions=at, source_mask=src_mask))
         pair = pair.to(model.device)
-        batch, kw = {k: v[pair] for k, v in pairs.corr.items()}, {}
-        if prefix is not None:  # the columns after the cached ones; the mask spans both
-            batch = {"input_ids": batch["input_ids"][:, cut:], "attention_mask": batch["attention_mask"],
-                     "position_ids": batch["position_ids"][:, cut:]}
-            kw["cache"] = copy.deepcopy(prefix)  # a forward extends its cache in place
-            kw["cache"].batch_select_indices(pair)
+        batch, kw = lead.rest(pair)  # the columns after the cached ones, if any; the mask spans both
         if resid is not None:
-            kw.update(start_layer=site.layer, resid=resid[pair.to(resid.device)][:, cut if prefix is not None else 0:])
+            kw.update(start_layer=site.layer, resid=resid[pair.to(resid.device)][:, lead.cut:])
         with model.intervene({site: patch}):
             logits = model.last_logits(batch, **kw)
         m_corr = pairs.m_corr[pair.to(pairs.m_corr.device)]

@@ -50,6 +50,7 @@ from ..data.entities import (ATTRIBUTES, Attribute, comparison_pairs, get_attrib
 from ..errors import InterpError
 from ..evaluation import logit_diff
 from ..interventions import AddPerPrompt
+from ..prefix import LeadingColumns
 from ..protocol import protocol_block, seed_summary, split_groups
 from ..report import Headline, Result, Stopwatch, write_report
 
@@ -614,7 +615,9 @@ def sweep(model, batch: dict, resid: torch.Tensor, layer: int, at: torch.Tensor,
     ``resid`` is the batch's cached ``resid_post.layer`` [B, seq, d], ``at`` a bool mask [B, tokens] of the
     token to edit in each prompt, ``vectors`` [V, d], ``answers`` [[yes_id, no_id]]. The V·A edits are
     stacked into the batch dimension, at most ``max_rows`` rows per forward (row j·B + i: prompt i under
-    edit j), and only the blocks above ``layer`` run, with ``AddPerPrompt`` at ``resid_pre.{layer+1}``.
+    edit j), and only the blocks above ``layer`` run, with ``AddPerPrompt`` at ``resid_pre.{layer+1}``;
+    the columns before the first edited token cannot change either, so their keys and values are
+    computed once (``LeadingColumns``) and each forward runs only the columns from that token on.
     Returns two arrays [V, A, B].
     """
     b = resid.shape[0]
@@ -622,13 +625,20 @@ def sweep(model, batch: dict, resid: torch.Tensor, layer: int, at: torch.Tensor,
     diff = np.zeros((len(vectors), len(alphas), b))
     tok = np.zeros((len(vectors), len(alphas), b), dtype=np.int64)
     per_forward = max(1, max_rows // b)
+    # the first padded column any row edits (left padding: row i's token t sits at column pad_i + t)
+    mask = batch["attention_mask"].cpu()
+    pad = (mask == 0).sum(1)
+    edited = at.nonzero()
+    first = int((pad[edited[:, 0]] + edited[:, 1]).min()) if len(edited) else mask.shape[1]
+    lead = LeadingColumns.of(model, batch, min(first, mask.shape[1] - 2))  # keep ≥ 2 columns: a prefill
     for c in range(0, len(edits), per_forward):
         part = edits[c:c + per_forward]
         k = len(part)
         delta = torch.stack([float(alphas[ai]) * vectors[vi] for vi, ai in part]).repeat_interleave(b, 0)
-        stacked = {key: t.repeat(k, *([1] * (t.dim() - 1))) for key, t in batch.items()}
+        stacked, kw = lead.rest(torch.arange(b).repeat(k))
         with model.intervene({f"resid_pre.{layer + 1}": AddPerPrompt(delta, positions=at.repeat(k, 1))}):
-            out = model.last_logits(stacked, start_layer=layer + 1, resid=resid.repeat(k, 1, 1)).float()
+            out = model.last_logits(stacked, start_layer=layer + 1, resid=resid[:, lead.cut:].repeat(k, 1, 1),
+                                    **kw).float()
         d = logit_diff(out, answers.expand(len(out), 2)).cpu().numpy().reshape(k, b)
         t = out.argmax(-1).cpu().numpy().reshape(k, b)
         for j, (vi, ai) in enumerate(part):
