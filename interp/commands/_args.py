@@ -31,6 +31,17 @@ def add_model_argument(p: argparse.ArgumentParser, default: str | None = None, h
     p.set_defaults(model_default=default)
 
 
+DTYPES = ["auto", "float32", "bfloat16", "float16"]
+
+
+def add_dtype_argument(p: argparse.ArgumentParser, default: str = "float32") -> None:
+    """``--dtype`` for the model's weights and activations; ``auto`` is bfloat16 where the machine computes it
+    natively (AVX-512 BF16 / AMX CPUs, CUDA with bf16), as the papers' code runs the models, else float32."""
+    p.add_argument("--dtype", default=default, choices=DTYPES,
+                   help=f"weights and activations dtype (default {default}; auto: bfloat16 where the machine "
+                        "computes it natively, else float32)")
+
+
 def model_name(args: argparse.Namespace) -> str:
     """The model a command was given, by position or by ``--model``, else the command's default."""
     return args.model or getattr(args, "model_option", None) or args.model_default

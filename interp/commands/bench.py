@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ..packaged import DEFAULT_MODEL, DEMO_MODEL
-from ._args import add_model_argument, model_name, parse_layer_list, split_list
+from ._args import add_dtype_argument, add_model_argument, model_name, parse_layer_list, split_list
 
 
 def add_parser(sub) -> None:
@@ -64,8 +64,7 @@ def add_parser(sub) -> None:
                              ("--seed", int, "shuffling seed")):
         demo.add_argument(flag, type=typ, default=None, help=f"{help_} (default: as interp demo)")
     demo.add_argument("--no-filter", action="store_true", help="do not filter train/val prompts by the baseline")
-    demo.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                      help="weights dtype (default auto, as interp demo: bfloat16 where native, else float32)")
+    add_dtype_argument(demo, "auto")
     demo.add_argument("--json", action="store_true", help="print one JSON object")
     demo.set_defaults(func=run_demo)
     pat = which.add_parser("patching", help="IOI patching sweep: one forward per patch vs stacked patches",

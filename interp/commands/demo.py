@@ -8,7 +8,7 @@ the packaged model whose refusal direction has the clearer effect.
 from __future__ import annotations
 
 from ..packaged import DEMO_MODEL
-from ._args import add_model_argument, model_name
+from ._args import add_dtype_argument, add_model_argument, model_name
 
 
 def add_parser(sub) -> None:
@@ -20,9 +20,7 @@ def add_parser(sub) -> None:
     add_model_argument(p, DEMO_MODEL, help="packaged model name, .gguf file, local folder or hub id "
                        "(qwen2.5-coder-0.5b-instruct runs about three times faster)")
     p.add_argument("--out", default="reports/demo", help="report folder (default reports/demo)")
-    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights dtype (default auto: bfloat16 where the machine computes it natively, as the "
-                   "paper's code runs the models; float32 elsewhere)")
+    add_dtype_argument(p, "auto")
     p.add_argument("--kl-max", type=float, default=None,
                    help="KL filter of the selection (default: the model's documented setting, else interp "
                    "refusal's)")

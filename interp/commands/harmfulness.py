@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ._args import add_dtype_argument
+
 
 def add_parser(sub) -> None:
     h = sub.add_parser("harmfulness", help="harmfulness vs refusal directions, Latent Guard, reply inversion",
@@ -40,9 +42,7 @@ def add_parser(sub) -> None:
                    help="tokens per greedy completion used to judge refusal (default 32)")
     h.add_argument("--threshold", type=float, default=0.0, help="guard flags belief score >= this (default 0)")
     h.add_argument("--batch-size", type=int, default=16, help="prompts per forward / generate batch (default 16)")
-    h.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
-                        "it natively)")
+    add_dtype_argument(h)
     h.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     h.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="repeat split, fit, choice and test per seed, space-separated; headlines become mean +- sd")

@@ -5,6 +5,8 @@ Parses arguments, validates the attribute, layers and α before the model loads,
 """
 from __future__ import annotations
 
+from ._args import add_dtype_argument
+
 
 def add_parser(sub) -> None:
     from ..data.entities import ATTRIBUTES
@@ -40,6 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--fractions", nargs=3, type=float, default=[0.6, 0.2, 0.2], metavar=("TRAIN", "VAL", "TEST"),
                    help="shares of the entities for train, validation and test (default 0.6 0.2 0.2)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per forward pass (default 16)")
+    add_dtype_argument(p)
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the entity split, prompts and random directions (default 0)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -77,11 +80,11 @@ def config_from_args(args, n_layers: int | None = None):
 
 def run(args) -> int:
     from ..experiments import numeric
-    from ..loading import load_model
+    from ..loading import load_model, resolve_dtype
     from ._args import known_n_layers
 
     config = config_from_args(args, known_n_layers(args.model))  # bad layers or α fail before the model loads
-    model = load_model(args.model)
+    model = load_model(args.model, dtype=resolve_dtype(args.dtype))
     result = numeric.run(model, config, args.out)
     report = result.report
     if "recall" in report:

@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ._args import add_dtype_argument
+
 #: ``interp refusal-eval``'s default completion length (chosen from late refusals measured at 256 tokens).
 EVAL_MAX_NEW_TOKENS = 128
 
@@ -51,9 +53,7 @@ def add_parser(sub) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=None, metavar="SEED",
                    help="run once per seed (each another train/validation/held-out split) and report mean ± sd of "
                    "the held-out numbers; each seed's report goes to OUT/seed_<s>")
-    p.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations dtype (default float32; auto: bfloat16 where the machine computes "
-                   "it natively, as the paper's code runs, else float32)")
+    add_dtype_argument(p)
     p.add_argument("--judges", nargs="+", default=["substring", "rules"],
                    help="refusal judges of the held-out evaluation (default: substring rules: the paper's phrase "
                    "list, and the same list with a repetition check that calls loops incoherent; add model, "
@@ -81,8 +81,7 @@ def add_parser(sub) -> None:
                    "model:NAME (another chat model), "
                    "hf-classifier:ID_OR_FOLDER (Llama Guard, HarmBench classifier); the top-level numbers are "
                    "always the substring judge's")
-    e.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
-                   help="weights and activations dtype (default float32; auto: bfloat16 where native)")
+    add_dtype_argument(e)
     e.add_argument("--workers", type=int, default=1,
                    help="generate on this many torchrun worker processes (default 1: in this process); the "
                    "completions equal one process's (interp.parallel_generate, docs/scale.md)")
