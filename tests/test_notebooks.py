@@ -20,3 +20,12 @@ def test_notebook_runs(path, tmp_path):
 
 def test_there_are_notebooks():
     assert any(p.name.startswith("00_") for p in NOTEBOOKS)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
+def test_notebook_ends_asserting_its_headline(path):
+    """The last code cell checks a number (issue 17: a notebook that only prints cannot fail)."""
+    import json
+
+    code = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    assert code and "assert " in "".join(code[-1]["source"]), f"{path.name}: the last code cell has no assert"
