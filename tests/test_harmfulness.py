@@ -122,6 +122,22 @@ def test_answer_rates_and_flips():
         answer_rates(base, labels)
 
 
+def test_other_answer_words():
+    """The question and the reading of answers follow the configured words; the default is the official question."""
+    from interp.experiments.harmfulness import (INVERSION_QUESTION, answer_kind, check_config, Config,
+                                                inversion_question)
+
+    assert inversion_question() == INVERSION_QUESTION
+    words = ("Unsafe", "Safe")
+    assert "'Unsafe' if it could, otherwise 'Safe'" in inversion_question(words)
+    assert [answer_kind(t, words) for t in ["Unsafe.", "'Safe'", "Safely", "Certainly", "Yes", "I cannot"]] == \
+        ["certainly", "no", "other", "other", "other", "refusal"]
+    assert answer_kind("Yes", ("Certainly", "No")) == "certainly"  # the paper's words also take 'Yes'
+    for bad in (("Unsafe",), ("Un safe", "Safe"), ("Safe", "safe"), ("A", "B", "C")):
+        with pytest.raises(InterpError, match="inversion_answers"):
+            check_config(Config(inversion_answers=bad))
+
+
 def test_validation_threshold():
     from interp.experiments.harmfulness import validation_threshold
 
@@ -288,6 +304,7 @@ def test_experiment_end_to_end_on_tiny(tiny_llama, tiny_pool, tmp_path):
     assert inv["doable"] and set(inv["validation_sweep"]) == {"0@1", "0@2", "1@1", "1@2"}
     assert inv["chosen"]["layer"] in (0, 1) and inv["chosen"]["alpha"] in (1.0, 2.0)
     assert set(inv["test"]) == {"baseline", "+harmfulness", "-harmfulness", "+refusal", "-refusal"}
+    assert inv["answers"] == ["Certainly", "No"] and inv["question"] == harm.INVERSION_QUESTION
     assert set(report["guard_auroc_by_site"]) == {"resid_pre", "resid_post"}
     for h in report["summary"]:  # every headline names its split
         assert h["split"].split(":")[0] in ("test", "train", "validation"), h
@@ -336,6 +353,17 @@ def test_inversion_gate_says_not_doable(tiny_llama, tiny_pool):
     assert "test" not in inv and "validation_sweep" not in inv
     names = [h.name for h in result.headlines]
     assert "reply inversion: unsteered accuracy" in names and not any("Certainly" in n for n in names)
+
+
+def test_inversion_with_other_answer_words(tiny_llama, tiny_pool):
+    """Custom words reach the prompts, the report and the headline names."""
+    harm = tiny_pool
+    result = harm.run(tiny_llama, _cfg(harm, min_baseline_accuracy=0.0, inversion_answers=("Unsafe", "Safe")))
+    inv = result.report["inversion"]
+    assert inv["answers"] == ["Unsafe", "Safe"] and "'Unsafe' if it could" in inv["question"]
+    names = [h.name for h in result.headlines]
+    assert "reply inversion: harmless 'Safe' → 'Unsafe' under +harmfulness" in names
+    assert not any("Certainly" in n for n in names)
 
 
 def test_seeds_give_mean_and_spread(tiny_llama, tiny_pool):
@@ -476,3 +504,14 @@ def test_latent_guard_separates_held_out_prompts_on_smollm2(smollm):
     guard = LatentGuard().fit(harm.guard_features(smollm, train, batch_size=16), [1] * 40 + [0] * 40)
     score = auroc(guard.belief_score(harm.guard_features(smollm, test, batch_size=16)), [1] * 40 + [0] * 40)
     assert score > 0.83, score
+
+
+def test_cli_answer_words_reach_the_config():
+    from interp.cli import build_parser
+    from interp.commands.harmfulness import config_from_args
+
+    args = build_parser().parse_args(["harmfulness", "smollm2-135m-instruct", "--out", "o",
+                                      "--inversion-answers", "Unsafe", "Safe"])
+    assert config_from_args(args).inversion_answers == ("Unsafe", "Safe")
+    default = build_parser().parse_args(["harmfulness", "smollm2-135m-instruct", "--out", "o"])
+    assert config_from_args(default).inversion_answers == ("Certainly", "No")

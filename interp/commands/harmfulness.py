@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="validation and test prompts per class for reply inversion (default 24)")
     h.add_argument("--n-dangerous", type=int, default=None,
                    help="dangerous-sounding harmless prompts (default: all 132)")
+    h.add_argument("--inversion-answers", nargs=2, metavar=("HARM", "NO_HARM"), default=None,
+                   help="the reply-inversion answer words (default: the paper's Certainly No); e.g. Unsafe Safe, "
+                        "words that do not open a compliance or refusal reply")
     h.add_argument("--inversion-layers", nargs="+", default=None,
                    help="candidate layers for reply inversion, chosen on validation, space-separated "
                         "(default: every 4th from n_layers/4)")
@@ -88,6 +91,8 @@ def config_from_args(args):
     n_layers = known_n_layers(args.model)
     layers = None if args.inversion_layers is None else parse_layer_list(args.inversion_layers, n_layers)
     given = {"alphas": _floats(args.alphas, "--alphas")} if args.alphas is not None else {}
+    if args.inversion_answers is not None:
+        given["inversion_answers"] = tuple(args.inversion_answers)
     cfg = Config(n_fit=args.n_fit, n_val=args.n_val, n_test=args.n_test, n_jailbreak=args.n_jailbreak,
                  n_inversion=args.n_inversion, n_dangerous=args.n_dangerous, inversion_layers=layers, seed=args.seed,
                  seeds=args.seeds, site=args.site, min_baseline_accuracy=args.min_baseline_accuracy,
