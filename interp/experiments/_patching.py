@@ -157,7 +157,7 @@ def sweep_pairs(pairs: Pairs, sites: Sequence[str], layers: Sequence[int] | None
     above = [Site("resid_pre", layer) for layer in sorted(set(layers)) if layer > 0] if fast else []
     starts = pairs.cache(above, corrupted=True) if above else None
     cut = pairs.corr["input_ids"].shape[1] + min(positions) if positions else 0
-    lead = LeadingColumns.of(model, pairs.corr, cut if fast and any(name != "attn_z" for name in sites) else 0)
+    lead = LeadingColumns.of(model, pairs.corr, cut if any(name != "attn_z" for name in sites) else 0)
     whole = LeadingColumns(pairs.corr, 0)
     for name in sites:
         site_list = [parse_site((name, layer), model.n_layers) for layer in layers]
